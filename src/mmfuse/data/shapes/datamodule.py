@@ -1,0 +1,142 @@
+"""``data=shapes``: the embedded default dataset for image-text matching, made on first use.
+
+Each split has ``num_<split>`` procedurally drawn scenes (see ``scene.py``). Every image appears in two
+pairs: with its true caption (label 1) and with one negative caption (label 0) whose type is drawn
+with probability proportional to ``negatives[type]`` (see ``negatives.py``). Scenes depend only on
+``(seed, split, size)``; the negatives also on the weights. Rendered scenes are cached under
+``cache_dir`` (when set) so later runs and sweep jobs skip the drawing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mmfuse.data.atomic import atomic_torch_save
+from mmfuse.data.pairs import PairDataset, TensorImages, unique_texts
+from mmfuse.data.shapes.negatives import NEGATIVE_TYPES, make_negative
+from mmfuse.data.shapes.scene import Caption, Scene, describe, draw, sample_scene
+from mmfuse.datamodule import MMFuseDataModule
+from mmfuse.errors import MMFuseError
+from mmfuse.types import PAIR_TYPES
+
+GENERATOR_VERSION = 1
+SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
+
+
+def render_split(split: str, n: int, image_size: int, seed: int) -> tuple[list[Scene], list[Caption], torch.Tensor]:
+    """``n`` scenes, one true caption each, and their images ``uint8 [n, 3, S, S]``."""
+    rng = np.random.default_rng([seed, SPLIT_IDS[split], GENERATOR_VERSION])
+    scenes = [sample_scene(rng, image_size) for _ in range(n)]
+    captions = [describe(s, rng) for s in scenes]
+    images = np.stack([draw(s, image_size, rng) for s in scenes]) if n else np.zeros((0, 3, image_size, image_size), np.uint8)
+    return scenes, captions, torch.from_numpy(images)
+
+
+def negative_weights(negatives: Mapping[str, float]) -> np.ndarray:
+    unknown = set(negatives) - set(NEGATIVE_TYPES)
+    if unknown:
+        raise MMFuseError(f"data.negatives has unknown types {sorted(unknown)}; known: {list(NEGATIVE_TYPES)}")
+    w = np.array([float(negatives.get(t, 0.0)) for t in NEGATIVE_TYPES])
+    if (w < 0).any() or w.sum() <= 0:
+        raise MMFuseError(f"data.negatives={dict(negatives)} needs non-negative weights with a positive sum")
+    return w / w.sum()
+
+
+def make_pairs(scenes: list[Scene], captions: list[Caption], weights: np.ndarray, seed: int,
+               split: str) -> tuple[list[int], list[str], list[int]]:
+    """Image index, caption text and pair type (index into ``PAIR_TYPES``) of every pair."""
+    rng = np.random.default_rng([seed, SPLIT_IDS[split], GENERATOR_VERSION, 1])
+    kinds = rng.choice(len(NEGATIVE_TYPES), size=len(scenes), p=weights)
+    image_index, texts, types = [], [], []
+    for i, (scene, caption) in enumerate(zip(scenes, captions, strict=True)):
+        kind = NEGATIVE_TYPES[kinds[i]]
+        negative = make_negative(kind, scene, caption, captions, rng)
+        image_index += [i, i]
+        texts += [caption.text(), negative.text()]
+        types += [0, PAIR_TYPES.index(kind)]
+    return image_index, texts, types
+
+
+class ShapesDataModule(MMFuseDataModule):
+    def __init__(
+        self,
+        num_train: int = 20000,
+        num_val: int = 2000,
+        num_test: int = 2000,
+        image_size: int = 32,
+        negatives: Mapping[str, float] | None = None,
+        seed: int = 0,
+        cache_dir: str | None = None,
+        **loader: Any,
+    ) -> None:
+        super().__init__(**loader)
+        self.sizes = {"train": int(num_train), "val": int(num_val), "test": int(num_test)}
+        self.image_size = int(image_size)
+        self.negatives = dict(negatives or {"other": 1.0, "color": 1.0, "shape": 1.0})
+        self.weights = negative_weights(self.negatives)
+        self.seed = int(seed)
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self._rendered: dict[str, tuple[list[Scene], list[Caption], torch.Tensor]] = {}
+        self._pairs: dict[str, tuple[list[int], list[str], list[int]]] = {}
+
+    def rendered(self, split: str) -> tuple[list[Scene], list[Caption], torch.Tensor]:
+        if split not in self._rendered:
+            self._rendered[split] = self._load_or_render(split)
+        return self._rendered[split]
+
+    def _load_or_render(self, split: str) -> tuple[list[Scene], list[Caption], torch.Tensor]:
+        args = (split, self.sizes[split], self.image_size, self.seed)
+        if self.cache_dir is None:
+            return render_split(*args)
+        key = hashlib.sha256(json.dumps([GENERATOR_VERSION, *args]).encode()).hexdigest()[:16]
+        path = self.cache_dir / f"{split}-{key}.pt"
+        if path.exists():
+            try:
+                cached = torch.load(path, weights_only=False)
+                return cached["scenes"], cached["captions"], cached["images"]
+            except Exception:  # a damaged cache file is simply redrawn
+                pass
+        scenes, captions, images = render_split(*args)
+        atomic_torch_save({"scenes": scenes, "captions": captions, "images": images}, path)
+        return scenes, captions, images
+
+    def pairs(self, split: str) -> tuple[list[int], list[str], list[int]]:
+        if split not in self._pairs:
+            scenes, captions, _ = self.rendered(split)
+            self._pairs[split] = make_pairs(scenes, captions, self.weights, self.seed, split)
+        return self._pairs[split]
+
+    def train_texts(self) -> list[str]:
+        return self.pairs("train")[1]
+
+    def build_split(self, name: str) -> PairDataset | None:
+        if self.sizes[name] == 0:
+            return None
+        _, _, images = self.rendered(name)
+        image_index, texts, types = self.pairs(name)
+        distinct, text_index = unique_texts(texts)
+        types_t = torch.tensor(types, dtype=torch.long)
+        return PairDataset(
+            images=TensorImages(images),
+            text=self.tokenizer(distinct),
+            image_index=torch.tensor(image_index, dtype=torch.long),
+            text_index=text_index,
+            fields={"label": (types_t == 0).float(), "pair_type": types_t},
+            transform=self.image_transform,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"negatives": self.negatives}
+        for name in SPLIT_IDS:
+            if self.sizes[name]:
+                types = self.pairs(name)[2]
+                out[name] = {"images": self.sizes[name], "pairs": len(types),
+                             "pair_types": {t: types.count(i) for i, t in enumerate(PAIR_TYPES) if types.count(i)}}
+        return out

@@ -1,0 +1,93 @@
+"""The LightningDataModule base that every dataset builds on.
+
+A subclass implements ``build_split(name) -> Dataset`` for ``name`` in ``("train", "val", "test")``
+(returning ``None`` for a split it does not have). The builder calls ``attach(image_transform,
+tokenizer)`` with the encoders' own preprocessing before ``setup``, so the data always matches the
+weights. A tokenizer with ``fitted == False`` (a vocabulary built from data) is fitted on
+``train_texts()`` first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+SPLITS = ("train", "val", "test")
+
+
+def collate(samples: Any) -> Any:
+    """Datasets with ``__getitems__`` return a ready batch (a dict); others return a list of samples."""
+    return samples if isinstance(samples, dict) else default_collate(samples)
+
+
+class MMFuseDataModule(L.LightningDataModule):
+    def __init__(self, batch_size: int = 128, eval_batch_size: int | None = None, num_workers: int = 0,
+                 pin_memory: bool = False, persistent_workers: bool = False) -> None:
+        super().__init__()
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size or batch_size)
+        self.num_workers = int(num_workers)
+        self.pin_memory = bool(pin_memory)
+        self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
+        self.image_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self.tokenizer: Any = None
+        self.splits: dict[str, Dataset | None] = {}
+
+    def attach(self, image_transform: Callable[[torch.Tensor], torch.Tensor], tokenizer: Any) -> None:
+        self.image_transform = image_transform
+        self.tokenizer = tokenizer
+
+    # -- to implement -------------------------------------------------------------------------------
+    def build_split(self, name: str) -> Dataset | None:
+        raise NotImplementedError
+
+    def train_texts(self) -> list[str]:
+        """Captions to fit a data-built vocabulary on (only called when the tokenizer needs it)."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """Sizes and composition of the splits, for ``results.json``."""
+        return {name: len(ds) for name, ds in self.splits.items() if ds is not None}
+
+    # -- Lightning hooks ----------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        if self.image_transform is None or self.tokenizer is None:
+            raise RuntimeError("call datamodule.attach(image_transform, tokenizer) before setup()")
+        self.prepare_tokenizer()
+        self.splits = {name: self.build_split(name) for name in SPLITS}
+
+    def prepare_tokenizer(self) -> None:
+        if getattr(self.tokenizer, "fitted", True) is False:
+            self.tokenizer.fit(self.train_texts())
+
+    def _loader(self, name: str, train: bool) -> DataLoader | None:
+        dataset = self.splits.get(name)
+        if dataset is None:
+            return None
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            collate_fn=collate,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
+
+    def has_split(self, name: str) -> bool:
+        return self.splits.get(name) is not None

@@ -1,0 +1,109 @@
+"""``evaluate(cfg)``: rebuild a model from a checkpoint alone and evaluate it, writing ``results.json``.
+
+The checkpoint carries the training run's resolved config and its command-line overrides. The eval
+config is recomposed from those overrides with the eval command's own on top (so ``data.root=...`` or
+``data=...`` point the same model at other data); the model sections (``encoder``, ``fusion``,
+``task``) always come from the checkpoint, so they match its weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra import compose
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from mmfuse.builder import build_datamodule, build_module
+from mmfuse.errors import MMFuseError
+from mmfuse.module import CONFIG_KEY
+from mmfuse.report import print_summary
+from mmfuse.results import RunRecord
+from mmfuse.runinfo import task_overrides, versions
+
+MODEL_SECTIONS = ("encoder", "fusion", "task")
+NOT_INHERITED = ("hydra", "ckpt_path", "hparams_search", "debug", "paths")
+
+
+def load_checkpoint(ckpt_path: Any) -> dict[str, Any]:
+    if ckpt_path in (None, "", "???"):
+        raise MMFuseError("ckpt_path is required: python eval.py ckpt_path=<run dir>/checkpoints/last.ckpt")
+    path = Path(str(ckpt_path)).expanduser()
+    if not path.is_file():
+        raise MMFuseError(f"ckpt_path={ckpt_path}: no such file. Fix: give the path of a checkpoint, "
+                          "e.g. outputs/runs/<date>/<time>/checkpoints/last.ckpt")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise MMFuseError(f"ckpt_path={ckpt_path}: cannot be read as a checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict) or CONFIG_KEY not in ckpt or "state_dict" not in ckpt:
+        raise MMFuseError(f"ckpt_path={ckpt_path}: not an mmfuse checkpoint (it has no '{CONFIG_KEY}'); "
+                          "give a checkpoint written by python train.py")
+    return ckpt
+
+
+def _key(override: Any) -> str:
+    return override.key_or_group
+
+
+def merge_overrides(saved: list[str], user: list[str]) -> list[str]:
+    """The training run's overrides with the user's on top.
+
+    A saved override is dropped when the user overrides the same key, when the user selects another
+    option of its group (``data=x`` drops the saved ``data.root=...``), or when it configured the
+    training run itself rather than the model and data (``NOT_INHERITED``).
+    """
+    parser = OverridesParser.create()
+    user_parsed = parser.parse_overrides(user)
+    user_keys = {_key(o) for o in user_parsed}
+    user_groups = {_key(o) for o in user_parsed if "." not in _key(o) or _key(o).startswith("encoder.")}
+    kept = []
+    for text, o in zip(saved, parser.parse_overrides(saved), strict=True):
+        key = _key(o)
+        root = key.split("/")[0].split(".")[0]
+        if key in user_keys or root in NOT_INHERITED or key.lstrip("+~") in NOT_INHERITED:
+            continue
+        if any(key.startswith(g + ".") for g in user_groups):
+            continue
+        kept.append(text)
+    return kept + list(user)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    run_dir = Path(cfg.paths.output_dir)
+    record = RunRecord(run_dir, kind="eval", ckpt_path=str(cfg.get("ckpt_path")), overrides=task_overrides(),
+                       versions=versions())
+    try:
+        ckpt = load_checkpoint(cfg.get("ckpt_path"))
+        saved = ckpt[CONFIG_KEY]
+        user = [o for o in task_overrides() if not o.startswith("ckpt_path=")]
+        eval_cfg = compose(config_name="eval", overrides=merge_overrides(saved.get("overrides", []), user)
+                           + [f"ckpt_path={cfg.ckpt_path}"])
+        with open_dict(eval_cfg):
+            for section in MODEL_SECTIONS:
+                eval_cfg[section] = OmegaConf.create(saved["config"][section])
+            for enc in ("image", "text"):
+                eval_cfg.encoder[enc]["load_weights"] = False  # the checkpoint has them
+        if cfg.get("seed") is not None:
+            L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+        module = build_module(eval_cfg, saved)
+        module.load_state_dict(ckpt["state_dict"])
+        datamodule = build_datamodule(eval_cfg, module)
+        trainer = L.Trainer(accelerator=eval_cfg.trainer.accelerator, devices=1,
+                            precision=eval_cfg.trainer.precision, logger=False, enable_checkpointing=False,
+                            enable_model_summary=False, default_root_dir=str(run_dir))
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        if eval_cfg.get("test", True) and datamodule.has_split("test"):
+            trainer.test(module, datamodule=datamodule, verbose=False)
+            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+    except BaseException as e:
+        record.finish("failed", error=f"{type(e).__name__}: {e}")
+        raise
+    results = record.finish("completed", metrics=dict(sorted(metrics.items())),
+                            trained_with=saved.get("overrides", []), data=datamodule.describe())
+    print_summary(results)
+    return results

@@ -1,0 +1,109 @@
+"""The LightningModule: optimisation and logging around a ``FusionModel`` and a ``Task``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+
+from mmfuse.errors import MMFuseError
+from mmfuse.model import FusionModel
+from mmfuse.tasks.base import Task
+
+CONFIG_KEY = "mmfuse_config"
+
+
+class MMFuseModule(L.LightningModule):
+    """Training / validation / test steps delegate to ``task``; metrics are logged once per epoch.
+
+    ``optimizer`` and ``scheduler`` are partials (Hydra ``_partial_: true``): ``optimizer(params)`` and
+    ``scheduler(optimizer, total_steps=...)`` (stepped every optimizer step). ``lr_mult`` scales the
+    learning rate of each part (``image_encoder``, ``text_encoder``, ``fusion``, ``head``). ``config`` is the run's
+    resolved config; it is saved in every checkpoint under ``"mmfuse_config"`` so that the model can be
+    rebuilt from the checkpoint alone.
+    """
+
+    def __init__(
+        self,
+        model: FusionModel,
+        task: Task,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        config: dict[str, Any] | None = None,
+        lr_mult: dict[str, float] | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.task = task
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.config = config or {}
+        self.lr_mult = dict(lr_mult or {})
+        self.last_validated_step = -1
+
+    def forward(self, batch: dict[str, Any]) -> Any:
+        return self.model(batch)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss, _ = self.task.step(self.model, batch)
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True,
+                 batch_size=_batch_size(batch))
+        return loss
+
+    def _eval_step(self, stage: str, batch: dict[str, Any]) -> None:
+        _, outputs = self.task.step(self.model, batch)
+        self.task.update(stage, outputs, batch)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def _log_epoch(self, stage: str) -> None:
+        metrics = self.task.compute(stage)  # torchmetrics has already reduced across processes
+        self.task.reset(stage)
+        self.log_dict({k: v.float() for k, v in metrics.items()}, prog_bar=False, sync_dist=False,
+                      rank_zero_only=False)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+        if not self.trainer.sanity_checking:
+            self.last_validated_step = self.trainer.global_step
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    def parts(self) -> dict[str, torch.nn.Module]:
+        return {"image_encoder": self.model.image_encoder, "text_encoder": self.model.text_encoder,
+                "fusion": self.model.fusion, "head": self.task}
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """One group per part, ``lr = optimizer.lr * lr_mult[part]``; frozen parameters left out."""
+        unknown = set(self.lr_mult) - set(self.parts())
+        if unknown:
+            raise MMFuseError(f"lr_mult has unknown parts {sorted(unknown)}; known: {sorted(self.parts())}")
+        base_lr = self.optimizer_factory.keywords["lr"]
+        groups = []
+        for name, part in self.parts().items():
+            params = [p for p in part.parameters() if p.requires_grad]
+            if params:
+                groups.append({"params": params, "name": name, "lr": base_lr * self.lr_mult.get(name, 1.0)})
+        return groups
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.param_groups())
+        if self.scheduler_factory is None:
+            return optimizer
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = self.scheduler_factory(optimizer, total_steps=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CONFIG_KEY] = self.config
+
+
+def _batch_size(batch: dict[str, Any]) -> int:
+    return int(batch["label"].shape[0]) if "label" in batch else 1

@@ -1,0 +1,33 @@
+"""What a run prints and counts at the end."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+
+def count_parameters(module: nn.Module) -> dict[str, int]:
+    """Total and trainable parameters, and the total of each part of the model."""
+    model = module.model
+    parts = {"image_encoder": model.image_encoder, "text_encoder": model.text_encoder,
+             "fusion": model.fusion, "head": module.task}
+    out = {name: sum(p.numel() for p in part.parameters()) for name, part in parts.items()}
+    out["total"] = sum(p.numel() for p in module.parameters())
+    out["trainable"] = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    return out
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    width = max((len(k) for k in metrics), default=0)
+    return "\n".join(f"  {k:<{width}}  {v:.4f}" for k, v in metrics.items())
+
+
+def print_summary(results: dict[str, Any]) -> None:
+    kind = results.get("kind", "train")
+    print(f"\n[mmfuse] {kind} {results['status']} in {results['wall_time_s']:.1f} s")
+    if results.get("metrics"):
+        print(format_metrics(results["metrics"]))
+    print(f"[mmfuse] run directory: {results['run_dir']}")
+    if results.get("checkpoint"):
+        print(f"[mmfuse] checkpoint: {results['run_dir']}/{results['checkpoint']}")

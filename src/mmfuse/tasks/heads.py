@@ -1,0 +1,47 @@
+"""Task heads on top of the fused representation."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mmfuse.errors import MMFuseError
+from mmfuse.types import LateOutput
+
+HEADS = ("linear", "mlp")
+
+
+class MLPHead(nn.Module):
+    """``Linear(in, hidden) . ReLU . Dropout . Linear(hidden, out)``."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden_dim, out_dim)
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+class SimilarityHead(nn.Module):
+    """For late fusion: ``logit = s · cos(u, v) + b`` with learned temperature ``s = exp(t)`` and bias."""
+
+    def __init__(self, init_scale: float = 10.0) -> None:
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.tensor(float(init_scale)).log())
+        self.bias = nn.Parameter(torch.tensor(-init_scale / 2))
+
+    def forward(self, out: LateOutput) -> torch.Tensor:
+        u = nn.functional.normalize(out.image, dim=-1)
+        v = nn.functional.normalize(out.text, dim=-1)
+        return (self.log_scale.exp() * (u * v).sum(-1) + self.bias).unsqueeze(-1)
+
+
+def build_head(kind: str, in_dim: int, out_dim: int, hidden_dim: int = 256, dropout: float = 0.0) -> nn.Module:
+    """``linear``: ``W z + b`` (the seed's classifier); ``mlp``: one hidden layer."""
+    if kind == "linear":
+        return nn.Linear(in_dim, out_dim)
+    if kind == "mlp":
+        return MLPHead(in_dim, out_dim, hidden_dim, dropout)
+    raise MMFuseError(f"task.head={kind!r} is not a head: expected one of {HEADS}")

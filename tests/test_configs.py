@@ -1,0 +1,167 @@
+"""Every option of every config group composes and instantiates; the user's words select groups."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from conftest import CONF_DIR, FAST, needs_shared
+from mmfuse.builder import build_callbacks, build_datamodule, build_fusion, build_loggers, build_module
+from mmfuse.encoders.torchvision_image import TorchvisionImageEncoder
+from mmfuse.fusion.pooled import AttentionFusion
+from mmfuse.module import MMFuseModule
+from mmfuse.tasks.itm import ITMTask
+
+GROUPS = ("encoder.image", "encoder.text", "fusion", "data", "task", "trainer", "logger", "callbacks",
+          "paths", "hydra", "experiment", "hparams_search", "debug")
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def test_every_design_group_exists():
+    for group in GROUPS:
+        assert (CONF_DIR / group).is_dir(), group
+    assert not (CONF_DIR / "encoder").exists(), "nested encoder/ would make encoder.image=x replace the block"
+
+
+@pytest.mark.parametrize("option", options("fusion"))
+def test_fusion_options_instantiate(make_cfg, option):
+    cfg = make_cfg(f"fusion={option}")
+    fusion = build_fusion(cfg, 64, 48)
+    assert fusion.stage == cfg.fusion.stage
+
+
+@pytest.mark.parametrize("option", options("encoder.image"))
+def test_image_encoder_options_instantiate(make_cfg, option):
+    cfg = make_cfg(f"encoder.image={option}", "encoder.image.pretrained=false")
+    enc = instantiate(cfg.encoder.image)
+    out = enc(enc.transform(torch.zeros(2, 3, 32, 32, dtype=torch.uint8)))
+    assert out.pooled.shape == (2, enc.out_dim)
+
+
+def bert_base_folder(tmp_path: Path) -> Path:
+    """A BERT-base architecture (transformers' BertConfig defaults) with MiniLM's uncased vocabulary."""
+    from transformers import BertConfig
+
+    minilm = needs_shared("weights", "all-MiniLM-L6-v2")
+    folder = tmp_path / "bert-base-random"
+    folder.mkdir()
+    BertConfig().save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(minilm / name, folder / name)
+    return folder
+
+
+@pytest.mark.parametrize("option", options("encoder.text"))
+def test_text_encoder_options_instantiate(make_cfg, tmp_path, option):
+    overrides = [f"encoder.text={option}"]
+    if option != "tiny_text":
+        overrides += [f"encoder.text.name_or_path={bert_base_folder(tmp_path)}", "encoder.text.pretrained=false"]
+    cfg = make_cfg(*overrides)
+    enc = instantiate(cfg.encoder.text)
+    if not enc.tokenizer.fitted:
+        enc.tokenizer.fit(["a red circle"])
+    batch = enc.tokenizer(["a red circle", "a blue square to the left"])
+    out = enc(batch["input_ids"], batch["attention_mask"])
+    assert out.tokens.shape[:2] == batch["input_ids"].shape and out.pooled.shape == (2, enc.out_dim)
+    if option == "bert_base":
+        assert enc.out_dim == 768 and len(enc.blocks()) == 12
+
+
+@pytest.mark.parametrize("option", options("data"))
+def test_data_options_instantiate(make_cfg, option):
+    cfg = make_cfg(f"data={option}", *FAST)
+    module = build_module(cfg)
+    dm = build_datamodule(cfg, module)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].dtype == torch.float32 and batch["input_ids"].dtype == torch.long
+    assert len(batch["label"]) == cfg.data.batch_size
+
+
+@pytest.mark.parametrize("option", options("task"))
+def test_task_options_instantiate(make_cfg, option):
+    cfg = make_cfg(f"task={option}")
+    task = instantiate(cfg.task, in_dim=32, fusion_stage="mid")
+    assert task.monitor.startswith("val/")
+
+
+@pytest.mark.parametrize("option", options("trainer"))
+def test_trainer_options_compose_and_cpu_ones_instantiate(make_cfg, option):
+    cfg = make_cfg(f"trainer={option}")
+    assert cfg.trainer.default_root_dir == cfg.paths.output_dir
+    if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
+        pytest.skip("no GPU here: composed only")
+    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    assert isinstance(trainer, L.Trainer)
+    if option == "ddp_cpu":
+        assert trainer.num_devices == 2 and trainer.strategy.process_group_backend == "gloo"
+
+
+@pytest.mark.parametrize("option", options("logger"))
+def test_logger_options_instantiate(make_cfg, option):
+    cfg = make_cfg(f"logger={option}")
+    loggers = build_loggers(cfg)
+    assert len(loggers) == len(cfg.logger) >= 1
+
+
+@pytest.mark.parametrize("group", ["callbacks", "paths", "hydra"])
+def test_single_option_groups(make_cfg, group):
+    cfg = make_cfg()
+    if group == "callbacks":
+        task = ITMTask(8, "mid")
+        cbs = build_callbacks(cfg, task)
+        ckpt = [c for c in cbs if isinstance(c, L.pytorch.callbacks.ModelCheckpoint)][0]
+        assert ckpt.monitor == "val/acc" and ckpt.mode == "max" and ckpt.save_last
+    elif group == "paths":
+        assert cfg.paths.output_dir == cfg.hydra.runtime.output_dir
+    else:
+        from omegaconf import OmegaConf
+
+        assert OmegaConf.to_container(cfg.hydra.sweep)["subdir"] == "${hydra.job.num}"
+
+
+@pytest.mark.parametrize("group", ["experiment", "debug", "hparams_search"])
+def test_global_option_groups_compose_and_build(make_cfg, group):
+    for option in options(group):
+        cfg = make_cfg(f"{group}={option}", *FAST)
+        assert isinstance(build_module(cfg), MMFuseModule)
+
+
+def test_seed_model_experiment_is_the_seed_architecture(make_cfg):
+    cfg = make_cfg("experiment=seed_model")
+    module = build_module(cfg)
+    fusion, head = module.model.fusion, module.task.head
+    assert type(fusion).__name__ == "AddFusion" and isinstance(fusion.act, torch.nn.Identity)
+    assert isinstance(head, torch.nn.Linear) and head.out_features == 1
+
+
+def test_users_command_selects_groups(make_cfg):
+    cfg = make_cfg("fusion=attention", "encoder.image=resnet50")
+    assert cfg.fusion._target_.endswith("AttentionFusion")
+    assert cfg.encoder.image.arch == "resnet50" and "text" in cfg.encoder  # the block is replaced, not lost
+    module = build_module(cfg)
+    assert isinstance(module.model.fusion, AttentionFusion)
+    assert isinstance(module.model.image_encoder, TorchvisionImageEncoder)
+    assert module.model.image_encoder.arch == "resnet50" and module.model.image_encoder.out_dim == 2048
+
+
+def test_misspelt_option_lists_the_available_ones(make_cfg):
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException) as err:
+        make_cfg("fusion=atention")
+    assert "attention" in str(err.value.options) if err.value.options else "attention" in str(err.value)
+
+
+def test_output_dirs_follow_paths(make_cfg):
+    cfg = make_cfg()
+    assert cfg.callbacks.model_checkpoint.dirpath == f"{cfg.paths.output_dir}/checkpoints"
+    assert cfg.logger.csv.save_dir == cfg.paths.output_dir

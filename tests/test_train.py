@@ -1,0 +1,95 @@
+"""Training and evaluation in-process: learning, reproducibility, results.json, checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from omegaconf import open_dict
+
+from conftest import FAST
+from mmfuse.evaluate import evaluate, merge_overrides
+from mmfuse.train import train
+
+SMALL = (*FAST, "data.num_train=1500", "data.num_val=300", "trainer.max_epochs=2")
+
+
+def read_csv(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_short_run_improves_the_loss_and_writes_a_complete_run_dir(make_cfg):
+    cfg = make_cfg(*SMALL)
+    results = train(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    losses = [float(r["train/loss"]) for r in read_csv(run_dir) if r.get("train/loss")]
+    assert len(losses) >= 40
+    first, last = sum(losses[:8]) / 8, sum(losses[-8:]) / 8
+    assert last < first - 0.05, (first, last)
+    assert results["metrics"]["val/loss"] < 0.68  # chance is ln 2 = 0.693
+    # run directory contract
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    on_disk = json.loads((run_dir / "results.json").read_text())
+    assert on_disk["status"] == "completed" and on_disk["kind"] == "train"
+    assert on_disk["overrides"] == list(SMALL)
+    assert on_disk["choices"]["fusion"] == "mul" and on_disk["choices"]["encoder.image"] == "tiny_cnn"
+    assert on_disk["wall_time_s"] > 0 and on_disk["checkpoint"] == "checkpoints/last.ckpt"
+    for key in ("val/loss", "val/acc", "val/auroc", "val/f1", "val/acc_positive", "val/acc_color",
+                "val/acc_shape", "val/acc_other", "test/acc"):
+        assert 0 <= on_disk["metrics"][key] <= 1 or key.endswith("loss"), key
+    assert on_disk["data"]["train"]["pairs"] == 3000
+    assert on_disk["params"]["trainable"] == on_disk["params"]["total"] > 0
+
+
+def test_same_seed_same_metrics_other_seed_other_metrics(make_cfg):
+    a = train(make_cfg(*FAST, "seed=7", subdir="a"))["metrics"]
+    b = train(make_cfg(*FAST, "seed=7", subdir="b"))["metrics"]
+    c = train(make_cfg(*FAST, "seed=8", subdir="c"))["metrics"]
+    assert a == b
+    assert a != c
+
+
+def test_eval_rebuilds_the_model_from_the_checkpoint_alone(make_cfg):
+    cfg = make_cfg(*FAST, "fusion=concat", "data.num_val=200", subdir="train")
+    trained = train(cfg)
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    # the eval command knows nothing of fusion=concat: the checkpoint does
+    ecfg = make_cfg(f"ckpt_path={ckpt}", subdir="eval", config_name="eval")
+    evaluated = evaluate(ecfg)
+    val = {k: v for k, v in trained["metrics"].items() if k.startswith("val/")}
+    assert {k: v for k, v in evaluated["metrics"].items() if k.startswith("val/")} == pytest.approx(val, abs=1e-6)
+    assert json.loads((Path(ecfg.paths.output_dir) / "results.json").read_text())["kind"] == "eval"
+    # other data of the same kind: same model, another set of scenes
+    other = evaluate(make_cfg(f"ckpt_path={ckpt}", "data.seed=5", subdir="eval2", config_name="eval"))
+    assert other["metrics"]["val/acc"] != trained["metrics"]["val/acc"]
+    assert other["data"]["val"]["images"] == 200  # data.num_val=200 inherited from training
+
+
+def test_merge_overrides_user_wins_and_group_switch_drops_its_keys():
+    saved = ["fusion=concat", "data.num_val=200", "hydra.run.dir=x", "debug=fast", "optimizer.lr=0.1"]
+    assert merge_overrides(saved, ["data.seed=5"]) == ["fusion=concat", "data.num_val=200", "optimizer.lr=0.1", "data.seed=5"]
+    assert merge_overrides(saved, ["data.num_val=10"]) == ["fusion=concat", "optimizer.lr=0.1", "data.num_val=10"]
+    assert merge_overrides(saved, ["data=shapes"]) == ["fusion=concat", "optimizer.lr=0.1", "data=shapes"]
+
+
+def test_resume_from_a_missing_checkpoint_is_a_clear_error(make_cfg):
+    from mmfuse.errors import MMFuseError
+
+    cfg = make_cfg(*FAST, "ckpt_path=/does/not/exist.ckpt")
+    with pytest.raises(MMFuseError, match="does not exist"):
+        train(cfg)
+    results = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())
+    assert results["status"] == "failed" and "does not exist" in results["error"]
+
+
+def test_non_numeric_learning_rate_fails_before_training(make_cfg):
+    from mmfuse.errors import MMFuseError
+
+    cfg = make_cfg(*FAST)
+    with open_dict(cfg):
+        cfg.optimizer.lr = "abc"
+    with pytest.raises(MMFuseError, match=r"optimizer.lr='abc' is not a number"):
+        train(cfg)

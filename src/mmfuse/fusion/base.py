@@ -6,11 +6,19 @@ per-modality embeddings (``stage`` late) that the task combines.
 
 Class attributes:
 - ``stage``: ``"early" | "mid" | "late"`` (``"none"`` for unimodal baselines);
-- ``needs_tokens``: True when the fusion reads ``tokens`` / ``mask``, not only ``pooled``;
+- ``needs_tokens``: True when the fusion reads ``tokens`` / ``mask``, not only ``pooled``; such a
+  fusion must give the same output whatever padding (``mask == False``) is appended;
 - ``uses_image`` / ``uses_text``: False only for the unimodal baselines.
+
+Every fusion states its parameter count in closed form (``param_formula``, the same arithmetic as its
+docstring); the tests check it against the built module for several sizes, which catches parameters
+that are never registered (MultiBench's low-rank fusion kept its factors in a Python list).
 """
 
 from __future__ import annotations
+
+import inspect
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,6 +35,17 @@ def make_activation(name: str) -> nn.Module:
     return ACTIVATIONS[name]()
 
 
+def linear_params(d_in: int, d_out: int) -> int:
+    """Parameters of ``nn.Linear(d_in, d_out)``: ``(d_in + 1) d_out``."""
+    return (d_in + 1) * d_out
+
+
+def require_positive(owner: str, **values: int) -> None:
+    for name, value in values.items():
+        if int(value) < 1:
+            raise MMFuseError(f"fusion.{name}={value} for {owner}: must be a positive integer")
+
+
 class Fusion(nn.Module):
     stage: str = "mid"
     needs_tokens: bool = False
@@ -41,3 +60,25 @@ class Fusion(nn.Module):
 
     def forward(self, image: EncoderOutput, text: EncoderOutput) -> torch.Tensor | LateOutput:
         raise NotImplementedError
+
+    @staticmethod
+    def param_formula(**args: Any) -> int:
+        """The parameter count in closed form, from the constructor's arguments (defaults filled in)."""
+        raise NotImplementedError
+
+    @classmethod
+    def expected_params(cls, image_dim: int, text_dim: int, **options: Any) -> int:
+        """``param_formula`` with the constructor's defaults for the options not given."""
+        bound = inspect.signature(cls).bind(image_dim, text_dim, **options)
+        bound.apply_defaults()
+        return cls.param_formula(**bound.arguments)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``Σ_t m_t x_t / Σ_t m_t`` over dim 1 (``x [B, T, D]``, ``mask [B, T]`` True = real token).
+
+    Padded positions are excluded with ``where``, so even a NaN there cannot leak into the mean.
+    """
+    m = mask.unsqueeze(-1)
+    total = torch.where(m, x, torch.zeros((), dtype=x.dtype, device=x.device)).sum(1)
+    return total / m.sum(1).clamp_min(1).to(x.dtype)

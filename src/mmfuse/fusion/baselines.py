@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmfuse.fusion.base import Fusion
+from mmfuse.fusion.base import Fusion, linear_params
 from mmfuse.types import EncoderOutput
 
 
@@ -23,6 +23,10 @@ class ImageOnly(Fusion):
         super().__init__(image_dim, text_dim)
         self.out_dim = dim
         self.proj = nn.Linear(image_dim, dim)
+
+    @staticmethod
+    def param_formula(image_dim: int, dim: int, **_: object) -> int:
+        return linear_params(image_dim, dim)
 
     def forward(self, image: EncoderOutput, text: EncoderOutput) -> torch.Tensor:
         return torch.relu(self.proj(image.pooled))
@@ -38,6 +42,10 @@ class TextOnly(Fusion):
         super().__init__(image_dim, text_dim)
         self.out_dim = dim
         self.proj = nn.Linear(text_dim, dim)
+
+    @staticmethod
+    def param_formula(text_dim: int, dim: int, **_: object) -> int:
+        return linear_params(text_dim, dim)
 
     def forward(self, image: EncoderOutput, text: EncoderOutput) -> torch.Tensor:
         return torch.relu(self.proj(text.pooled))

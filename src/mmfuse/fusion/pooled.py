@@ -1,9 +1,9 @@
 """Fusions of the two pooled vectors ``x`` (image, ``[B, Dx]``) and ``y`` (text, ``[B, Dy]``).
 
-These are the seed article's operators. With the ``linear`` ITM head on top (``logit = w.z + b``),
-``add`` gives ``w.σ(Ax) + w.σ(By) + b``: an image-only score plus a text-only score, which cannot
-tell a matching caption from a mismatched one. ``mul`` / ``concat`` + an MLP head / ``attention`` +
-an MLP head can.
+These are the seed article's operators plus the gated and FiLM units. With the ``linear`` ITM head on
+top (``logit = w.z + b``), ``add`` gives ``w.σ(Ax) + w.σ(By) + b``: an image-only score plus a
+text-only score, which cannot tell a matching caption from a mismatched one. ``mul`` / ``concat`` + an
+MLP head / ``attention`` + an MLP head can. The ``W`` of the issue's ``z = W(...)`` is the task head.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmfuse.fusion.base import Fusion, make_activation
+from mmfuse.fusion.base import Fusion, linear_params, make_activation
 from mmfuse.types import EncoderOutput
 
 
@@ -27,6 +27,10 @@ class _ProjectedPair(Fusion):
         self.act = make_activation(activation)
         self.dropout = nn.Dropout(dropout)
 
+    @staticmethod
+    def param_formula(image_dim: int, text_dim: int, dim: int, **_: object) -> int:
+        return linear_params(image_dim, dim) + linear_params(text_dim, dim)
+
     def combine(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -39,7 +43,7 @@ class _ProjectedPair(Fusion):
 class AddFusion(_ProjectedPair):
     """Additive (MMF ``linear_sum``): ``z = σ(A x) + σ(B y)``, ``z ∈ R^dim``.
 
-    Parameters: ``(Dx + 1) dim + (Dy + 1) dim``. The ``W`` of ``W(σ(Ax) + σ(By))`` is the task head.
+    Parameters: ``(Dx + 1) dim + (Dy + 1) dim``.
     """
 
     stage = "mid"
@@ -80,6 +84,10 @@ class ConcatFusion(Fusion):
         self.act = make_activation(activation)
         self.dropout = nn.Dropout(dropout)
 
+    @staticmethod
+    def param_formula(image_dim: int, text_dim: int, dim: int, **_: object) -> int:
+        return linear_params(image_dim + text_dim, dim)
+
     def forward(self, image: EncoderOutput, text: EncoderOutput) -> torch.Tensor:
         return self.dropout(self.act(self.proj(torch.cat([image.pooled, text.pooled], dim=-1))))
 
@@ -101,6 +109,10 @@ class AttentionFusion(Fusion):
         self.proj_text = nn.Linear(text_dim, dim)
         self.dropout = nn.Dropout(dropout)
 
+    @staticmethod
+    def param_formula(image_dim: int, text_dim: int, dim: int, **_: object) -> int:
+        return linear_params(image_dim + text_dim, 2) + linear_params(image_dim, dim) + linear_params(text_dim, dim)
+
     def attention_weights(self, image: EncoderOutput, text: EncoderOutput) -> torch.Tensor:
         return torch.softmax(self.score(torch.cat([image.pooled, text.pooled], dim=-1)), dim=-1)
 
@@ -109,3 +121,58 @@ class AttentionFusion(Fusion):
         z = alpha[:, :1] * self.proj_image(image.pooled) + alpha[:, 1:] * self.proj_text(text.pooled)
         return self.dropout(z)
 
+
+class GatedFusion(Fusion):
+    """Gated multimodal unit (Arevalo et al. 2017).
+
+    ``h = g ⊙ tanh(A x) + (1 − g) ⊙ tanh(B y)``, ``g = sigmoid(C [x; y])``, ``h ∈ R^dim``.
+    Parameters: ``(Dx + 1) dim + (Dy + 1) dim + (Dx + Dy + 1) dim``.
+    """
+
+    stage = "mid"
+
+    def __init__(self, image_dim: int, text_dim: int, dim: int = 256, dropout: float = 0.0) -> None:
+        super().__init__(image_dim, text_dim)
+        self.out_dim = dim
+        self.proj_image = nn.Linear(image_dim, dim)
+        self.proj_text = nn.Linear(text_dim, dim)
+        self.gate = nn.Linear(image_dim + text_dim, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    @staticmethod
+    def param_formula(image_dim: int, text_dim: int, dim: int, **_: object) -> int:
+        return linear_params(image_dim, dim) + linear_params(text_dim, dim) + linear_params(image_dim + text_dim, dim)
+
+    def forward(self, image: EncoderOutput, text: EncoderOutput) -> torch.Tensor:
+        x, y = image.pooled, text.pooled
+        g = torch.sigmoid(self.gate(torch.cat([x, y], dim=-1)))
+        return self.dropout(g * torch.tanh(self.proj_image(x)) + (1 - g) * torch.tanh(self.proj_text(y)))
+
+
+class FiLMFusion(Fusion):
+    """Feature-wise linear modulation of the image by the text (Perez et al. 2018).
+
+    ``z = σ((1 + Δγ(y)) ⊙ (A x) + β(y))`` with ``Δγ(y) = G y``, ``β(y) = H y`` (affine; the scale is
+    predicted around 1, as in the paper), ``z ∈ R^dim``.
+    Parameters: ``(Dx + 1) dim + 2 (Dy + 1) dim``.
+    """
+
+    stage = "mid"
+
+    def __init__(self, image_dim: int, text_dim: int, dim: int = 256, activation: str = "relu",
+                 dropout: float = 0.0) -> None:
+        super().__init__(image_dim, text_dim)
+        self.out_dim = dim
+        self.proj_image = nn.Linear(image_dim, dim)
+        self.gamma = nn.Linear(text_dim, dim)
+        self.beta = nn.Linear(text_dim, dim)
+        self.act = make_activation(activation)
+        self.dropout = nn.Dropout(dropout)
+
+    @staticmethod
+    def param_formula(image_dim: int, text_dim: int, dim: int, **_: object) -> int:
+        return linear_params(image_dim, dim) + 2 * linear_params(text_dim, dim)
+
+    def forward(self, image: EncoderOutput, text: EncoderOutput) -> torch.Tensor:
+        y = text.pooled
+        return self.dropout(self.act((1 + self.gamma(y)) * self.proj_image(image.pooled) + self.beta(y)))

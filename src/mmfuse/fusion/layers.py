@@ -1,0 +1,86 @@
+"""Transformer blocks shared by the token-level fusions, with their closed-form parameter counts.
+
+All blocks are pre-norm (``x + f(LN(x))``) and take boolean masks with True = real token; padded keys
+get no attention weight, so padding never changes the real positions' outputs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from mmfuse.errors import MMFuseError
+
+
+def attention_params(d: int) -> int:
+    """``nn.MultiheadAttention(d, h)``: in-projection ``3 d² + 3 d``, out-projection ``d² + d``."""
+    return 4 * d * d + 4 * d
+
+
+def ffn_params(d: int, f: int) -> int:
+    """``Linear(d, f) . GELU . Linear(f, d)``."""
+    return (d + 1) * f + (f + 1) * d
+
+
+def norm_params(d: int) -> int:
+    return 2 * d
+
+
+def self_block_params(d: int, f: int) -> int:
+    return 2 * norm_params(d) + attention_params(d) + ffn_params(d, f)
+
+
+def cross_block_params(d: int, f: int) -> int:
+    return 3 * norm_params(d) + attention_params(d) + ffn_params(d, f)
+
+
+def check_heads(dim: int, heads: int) -> None:
+    if heads < 1 or dim % heads:
+        raise MMFuseError(f"fusion.dim={dim} must be divisible by fusion.heads={heads}")
+
+
+class FeedForward(nn.Sequential):
+    def __init__(self, d: int, f: int, dropout: float) -> None:
+        super().__init__(nn.Linear(d, f), nn.GELU(), nn.Dropout(dropout), nn.Linear(f, d), nn.Dropout(dropout))
+
+
+class SelfBlock(nn.Module):
+    """``x ← x + MHA(LN x, LN x, LN x; mask)``, ``x ← x + FFN(LN x)``."""
+
+    def __init__(self, d: int, heads: int, f: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
+        self.ffn = FeedForward(d, f, dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.norm1(x)
+        x = x + self.attn(h, h, h, key_padding_mask=~mask, need_weights=False)[0]
+        return x + self.ffn(self.norm2(x))
+
+
+class CrossBlock(nn.Module):
+    """``q ← q + MHA(LN_q q, LN_kv c, LN_kv c; mask_c)``, ``q ← q + FFN(LN q)``: ``q`` attends to ``c``."""
+
+    def __init__(self, d: int, heads: int, f: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm_q, self.norm_kv, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
+        self.ffn = FeedForward(d, f, dropout)
+
+    def forward(self, q: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
+        kv = self.norm_kv(context)
+        q = q + self.attn(self.norm_q(q), kv, kv, key_padding_mask=~context_mask, need_weights=False)[0]
+        return q + self.ffn(self.norm2(q))
+
+
+def sinusoidal_positions(n: int, d: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``PE[t, 2i] = sin(t / 10000^(2i/d))``, ``PE[t, 2i+1] = cos(...)`` (Vaswani et al.), ``[n, d]``."""
+    t = torch.arange(n, device=device, dtype=torch.float32).unsqueeze(1)
+    freq = torch.exp(torch.arange(0, d, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / d))
+    pe = torch.zeros(n, d, device=device)
+    pe[:, 0::2] = torch.sin(t * freq)
+    pe[:, 1::2] = torch.cos(t * freq)[:, : d // 2]
+    return pe.to(dtype)

@@ -1,0 +1,337 @@
+"""Every fusion in conf/fusion/ (parametrised over the directory: a new config is tested automatically).
+
+Contract checked for each: output shape / dtype; every parameter receives a gradient (MultiBench's
+low-rank fusion kept its factors in a Python list and never trained them); the parameter count equals
+the closed-form formula for two sizes; padding never changes the output; a batch of one gives the same
+row as a batch; bf16 / fp16 autocast on CPU stays close to float32; shuffling either modality changes
+the output (the unimodal baselines instead must ignore the other one). Then a few fusions are checked
+against their formula by recomputation, and the README table against the configs.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import get_class
+from omegaconf import OmegaConf
+
+from conftest import CONF_DIR, ROOT
+from mmfuse.builder import build_fusion, build_module
+from mmfuse.errors import MMFuseError
+from mmfuse.fusion.base import Fusion
+from mmfuse.types import EncoderOutput, LateOutput
+
+FUSION_DIR = CONF_DIR / "fusion"
+NAMES = sorted(p.stem for p in FUSION_DIR.glob("*.yaml"))
+BASELINES = {"image_only", "text_only"}
+DX, DY = 24, 16          # different widths, so that a swapped projection fails
+B, N_IMG, N_TXT = 5, 6, 7
+
+
+def config(name: str) -> dict:
+    return OmegaConf.to_container(OmegaConf.load(FUSION_DIR / f"{name}.yaml"))
+
+
+def fusion_class(name: str) -> type[Fusion]:
+    return get_class(config(name)["_target_"])
+
+
+def options(name: str) -> dict:
+    return {k: v for k, v in config(name).items() if k not in ("_target_", "stage")}
+
+
+def build(name: str, image_dim: int = DX, text_dim: int = DY, **override) -> Fusion:
+    cfg = OmegaConf.create({"fusion": {**config(name), **override}})
+    torch.manual_seed(0)
+    return build_fusion(cfg, image_dim, text_dim)  # the real builder: also checks the config's stage
+
+
+def inputs(batch: int = B, seed: int = 1) -> tuple[EncoderOutput, EncoderOutput]:
+    """Random encoder outputs; text rows have 7, 6, 5, ... real tokens (padding at the end)."""
+    g = torch.Generator().manual_seed(seed)
+    image = EncoderOutput(torch.randn(batch, DX, generator=g), torch.randn(batch, N_IMG, DX, generator=g),
+                          torch.ones(batch, N_IMG, dtype=torch.bool))
+    lengths = torch.tensor([max(2, N_TXT - i) for i in range(batch)])
+    mask = torch.arange(N_TXT).unsqueeze(0) < lengths.unsqueeze(1)
+    text = EncoderOutput(torch.randn(batch, DY, generator=g), torch.randn(batch, N_TXT, DY, generator=g), mask)
+    return image, text
+
+
+def score(out: torch.Tensor | LateOutput) -> torch.Tensor:
+    """What the task sees: the fused vector, or for late fusion the per-pair cosine similarity."""
+    if isinstance(out, LateOutput):
+        return torch.nn.functional.cosine_similarity(out.image.float(), out.text.float(), dim=-1).unsqueeze(-1)
+    return out.float()
+
+
+def pad(x: EncoderOutput, extra: int, seed: int = 7) -> EncoderOutput:
+    """Append ``extra`` padding tokens with large random values (mask False)."""
+    g = torch.Generator().manual_seed(seed)
+    junk = 100 * torch.randn(x.tokens.shape[0], extra, x.tokens.shape[2], generator=g)
+    return EncoderOutput(x.pooled, torch.cat([x.tokens, junk], 1),
+                         torch.cat([x.mask, torch.zeros(x.mask.shape[0], extra, dtype=torch.bool)], 1))
+
+
+def test_the_zoo_is_complete():
+    issue_names = {"add", "mul", "concat", "gated", "film", "mfb", "mfh", "mutan", "tucker", "block", "mcb",
+                   "tfn", "lmf", "mi", "mi_vector", "attention", "cross_attention", "co_attention",
+                   "single_stream", "mult", "nl_gate", "late", "image_only", "text_only"}
+    assert issue_names <= set(NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_output_shape_dtype_and_stage(name):
+    fusion = build(name)
+    assert config(name)["stage"] == fusion.stage in ("early", "mid", "late", "none")
+    out = fusion(*inputs())
+    if fusion.stage == "late":
+        assert isinstance(out, LateOutput)
+        assert out.image.shape == out.text.shape == (B, fusion.out_dim)
+        assert out.image.dtype == out.text.dtype == torch.float32
+    else:
+        assert isinstance(out, torch.Tensor) and out.shape == (B, fusion.out_dim) and out.dtype == torch.float32
+    assert torch.isfinite(score(out)).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_parameter_receives_a_gradient(name):
+    fusion = build(name).train()
+    params = dict(fusion.named_parameters())
+    assert params, f"{name} has no trainable parameters"
+    out = fusion(*inputs())
+    g = torch.Generator().manual_seed(3)
+    parts = out if isinstance(out, LateOutput) else (out,)
+    loss = sum((p * torch.randn(p.shape, generator=g)).sum() for p in parts)
+    loss.backward()
+    no_grad = [n for n, p in params.items() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not no_grad, f"{name}: parameters without gradient: {no_grad}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_parameter_count_matches_the_formula(name):
+    cls, opts = fusion_class(name), options(name)
+    bigger = {**opts, "dim": 2 * opts["dim"]} if "dim" in opts else opts
+    for image_dim, text_dim, o in ((DX, DY, opts), (40, 8, bigger), (64, 64, opts)):
+        fusion = build(name, image_dim, text_dim, **o)
+        count = sum(p.numel() for p in fusion.parameters())
+        assert count == cls.expected_params(image_dim, text_dim, **o), (name, image_dim, text_dim, o)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_padding_never_changes_the_output(name):
+    fusion = build(name).eval()
+    image, text = inputs()
+    with torch.no_grad():
+        ref = score(fusion(image, text))
+        for padded in ((pad(image, 3), text), (image, pad(text, 4)), (pad(image, 2), pad(text, 9))):
+            assert torch.allclose(score(fusion(*padded)), ref, atol=1e-5, rtol=1e-4), name
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_needs_tokens_is_truthful(name):
+    """A token-level fusion reads the real tokens; a pooled one reads only ``pooled``."""
+    fusion = build(name).eval()
+    image, text = inputs()
+    changed_text = EncoderOutput(text.pooled, text.tokens + torch.randn_like(text.tokens), text.mask)
+    changed_image = EncoderOutput(image.pooled, image.tokens + torch.randn_like(image.tokens), image.mask)
+    with torch.no_grad():
+        ref = score(fusion(image, text))
+        moved = [score(fusion(changed_image, text)), score(fusion(image, changed_text))]
+    used = [fusion.uses_image, fusion.uses_text]
+    for out, uses in zip(moved, used):
+        if fusion.needs_tokens and uses:
+            assert not torch.allclose(out, ref, atol=1e-6), name
+        else:
+            assert torch.equal(out, ref), f"{name} reads tokens but says needs_tokens=False"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_batch_of_one_gives_the_row_of_the_batch(name):
+    fusion = build(name).eval()
+    image, text = inputs()
+    one = (EncoderOutput(*(t[1:2] for t in image)), EncoderOutput(*(t[1:2] for t in text)))
+    with torch.no_grad():
+        row = score(fusion(*one))
+        full = score(fusion(image, text))
+    assert row.shape == (1, full.shape[1])
+    assert torch.allclose(row[0], full[1], atol=1e-5, rtol=1e-4), name
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("name", NAMES)
+def test_autocast_on_cpu_stays_close_to_float32(name, dtype):
+    if not torch.amp.autocast_mode.is_autocast_available("cpu"):
+        pytest.skip("this PyTorch build has no CPU autocast")
+    fusion = build(name).eval()
+    image, text = inputs()
+    with torch.no_grad():
+        ref = score(fusion(image, text))
+        with torch.autocast("cpu", dtype=dtype):
+            out = score(fusion(image, text))
+    assert out.shape == ref.shape and torch.isfinite(out).all()
+    rel = (out - ref).norm() / ref.norm().clamp_min(1e-6)
+    assert rel < 0.05, f"{name} under {dtype} autocast: relative error {rel:.3f}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shuffled_pairs_change_the_output(name):
+    """Pairing each image with another row's text (and vice versa) changes every row's output; a
+    unimodal baseline is unchanged by shuffling the modality it ignores."""
+    fusion = build(name).eval()
+    image, text = inputs()
+    perm = torch.roll(torch.arange(B), 1)
+    shuffled_text = EncoderOutput(*(t[perm] for t in text))
+    shuffled_image = EncoderOutput(*(t[perm] for t in image))
+    with torch.no_grad():
+        ref = score(fusion(image, text))
+        by_text = score(fusion(image, shuffled_text))
+        by_image = score(fusion(shuffled_image, text))
+    for out, uses in ((by_text, fusion.uses_text), (by_image, fusion.uses_image)):
+        row_changed = ~torch.isclose(out, ref, atol=1e-6).all(dim=1)
+        if uses:
+            assert row_changed.all(), f"{name}: rows {(~row_changed).nonzero().flatten().tolist()} ignore a modality"
+        else:
+            assert not row_changed.any()
+    assert (name in BASELINES) == (not (fusion.uses_image and fusion.uses_text))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_composes_through_the_real_config_and_trains_one_step(make_cfg, name):
+    module = build_module(make_cfg(f"fusion={name}"))
+    model = module.model
+    assert type(model.fusion) is fusion_class(name)
+    model.text_encoder.tokenizer.fit(["a red circle to the left of a blue square", "a green cross above a cat"])
+    tokens = model.text_encoder.tokenizer(["a red circle to the left of a blue square", "a green cross"])
+    images = model.image_encoder.transform(torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8))
+    batch = {"image": images, **tokens, "label": torch.tensor([1.0, 0.0])}
+    loss, outputs = module.task.step(model, batch)
+    assert loss.ndim == 0 and torch.isfinite(loss) and outputs["logits"].shape == (2,)
+    loss.backward()
+    assert all(p.grad is not None for p in model.fusion.parameters())
+
+
+# -- formulas, checked by recomputation ---------------------------------------------------------------
+
+def test_mfb_is_sum_pooled_product_then_signed_sqrt_and_l2():
+    f = build("mfb", dim=3, factor=2)
+    image, text = inputs()
+    e = f.proj_image(image.pooled) * f.proj_text(text.pooled)
+    z = e[:, 0::2] + e[:, 1::2]
+    z = z.sign() * z.abs().sqrt()
+    assert torch.allclose(f(image, text), z / z.norm(dim=-1, keepdim=True), atol=1e-5)
+
+
+def test_tfn_product_holds_unimodal_terms_and_pairwise_products():
+    f = build("tfn", hidden=3, dim=4, activation="identity")
+    image, text = inputs()
+    a, b = f.proj_image(image.pooled), f.proj_text(text.pooled)
+    t = torch.cat([a, torch.ones(B, 1)], 1).unsqueeze(2) * torch.cat([b, torch.ones(B, 1)], 1).unsqueeze(1)
+    assert torch.allclose(f(image, text), f.out(t.flatten(1)), atol=1e-5)
+    assert torch.allclose(t[:, :3, 3], a) and torch.allclose(t[:, 3, :3], b)
+
+
+def test_lmf_equals_the_full_tensor_fusion_it_factorises():
+    """``Σ_r λ_r (W_x^r [x;1]) ⊙ (W_y^r [y;1]) = W ×1 [x;1] ×2 [y;1]`` with ``W = Σ_r λ_r W_x^r ∘ W_y^r``."""
+    f = build("lmf", rank=3, dim=4)
+    image, text = inputs()
+    x1 = torch.cat([image.pooled, torch.ones(B, 1)], 1)
+    y1 = torch.cat([text.pooled, torch.ones(B, 1)], 1)
+    full = torch.einsum("r,rid,rjd->ijd", f.rank_weights, f.factor_image, f.factor_text)
+    expected = torch.einsum("bi,ijd,bj->bd", x1, full, y1) + f.bias
+    assert torch.allclose(f(image, text), expected, atol=1e-4)
+
+
+def test_mcb_is_the_count_sketch_of_the_outer_product():
+    """``IFFT(FFT(Ψ_x x) ⊙ FFT(Ψ_y y))`` equals sketching ``x ⊗ y`` with hash ``h_x(i) + h_y(j) mod d``
+    and sign ``s_x(i) s_y(j)``: exactly, not approximately."""
+    f = build("mcb", sketch_dim=16, dim=4)
+    image, text = inputs()
+    hx, sx = f.sketch_image.abs().argmax(1), f.sketch_image.sum(1)
+    hy, sy = f.sketch_text.abs().argmax(1), f.sketch_text.sum(1)
+    outer = torch.einsum("bi,bj->bij", image.pooled * sx, text.pooled * sy)
+    target = (hx.unsqueeze(1) + hy.unsqueeze(0)) % 16
+    direct = torch.zeros(B, 16).index_add_(1, target.flatten(), outer.flatten(1))
+    direct = direct.sign() * direct.abs().sqrt()
+    direct = direct / direct.norm(dim=-1, keepdim=True)
+    assert torch.allclose(f(image, text), f.out(direct), atol=1e-4)
+
+
+def test_gated_unit_interpolates_between_the_modalities():
+    f = build("gated", dim=4)
+    image, text = inputs()
+    g = torch.sigmoid(f.gate(torch.cat([image.pooled, text.pooled], 1)))
+    expected = g * torch.tanh(f.proj_image(image.pooled)) + (1 - g) * torch.tanh(f.proj_text(text.pooled))
+    assert torch.allclose(f(image, text), expected, atol=1e-6)
+
+
+def test_mi_matrix_form_is_a_text_generated_linear_map():
+    f = build("mi", dim=3)
+    image, text = inputs()
+    w = f.weight_gen(text.pooled).view(B, 3, DX)
+    expected = (w @ image.pooled.unsqueeze(-1)).squeeze(-1) + f.bias_gen(text.pooled)
+    assert torch.allclose(f(image, text), expected, atol=1e-5)
+
+
+def test_cross_attention_to_a_single_image_token_copies_its_value():
+    """With one image token the attention weight is 1: each layer adds ``FFN``(query + ``W_o W_v LN(x)``)."""
+    f = build("cross_attention", layers=1).eval()
+    image, text = inputs()
+    one = EncoderOutput(image.pooled, image.tokens[:, :1], image.mask[:, :1])
+    block = f.stacks["text_to_image"][0]
+    x = block.norm_kv(f.proj_image(one.tokens))
+    w_v = block.attn.in_proj_weight[2 * f.dim:]
+    b_v = block.attn.in_proj_bias[2 * f.dim:]
+    value = block.attn.out_proj(x @ w_v.T + b_v)
+    q = f.proj_text(text.tokens) + value
+    q = q + block.ffn(block.norm2(q))
+    mask = text.mask.unsqueeze(-1)
+    expected = (f.norms["text_to_image"](q) * mask).sum(1) / mask.sum(1)
+    with torch.no_grad():
+        assert torch.allclose(f(one, text), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(("name", "override", "message"), [
+    ("cross_attention", {"dim": 30, "heads": 4}, "divisible by fusion.heads"),
+    ("cross_attention", {"direction": "sideways"}, "fusion.direction"),
+    ("block", {"mm_dim": 30, "chunks": 8}, "divisible by fusion.chunks"),
+    ("mi", {"form": "tensor"}, "fusion.form"),
+    ("mfb", {"factor": 0}, "fusion.factor=0"),
+])
+def test_bad_options_fail_with_a_message_naming_the_field(name, override, message):
+    with pytest.raises(MMFuseError, match=message):
+        fusion_class(name)(DX, DY, **{**options(name), **override})
+
+
+def test_readme_table_lists_every_fusion_with_its_stage_input_and_parameters():
+    """README's "### Fusions" table: one row per config; stage, input and the parameter count at the
+    default encoders' width (64-d image and text features) must match the code."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("### Fusions", 1)[1].split("\n#", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 6 and re.fullmatch(r"`\w+`", cells[0]):
+            rows[cells[0].strip("`")] = cells
+    assert sorted(rows) == NAMES
+    for name, cells in rows.items():
+        fusion = build(name, 64, 64)
+        assert cells[1] == fusion.stage, name
+        assert cells[2] == ("tokens" if fusion.needs_tokens else "pooled"), name
+        assert int(cells[5].replace(",", "")) == sum(p.numel() for p in fusion.parameters()), name
+
+
+def test_signed_sqrt_has_finite_gradient_at_zero():
+    from mmfuse.fusion.bilinear import signed_sqrt_l2
+
+    z = torch.tensor([[0.0, 1.0, -4.0]], requires_grad=True)
+    signed_sqrt_l2(z).sum().backward()
+    assert torch.isfinite(z.grad).all()
+    assert torch.allclose(signed_sqrt_l2(z.detach()), torch.tensor([[0.0, 1.0, -2.0]]) / math.sqrt(5), atol=1e-3)
+
+
+def test_fusion_dir_is_what_the_tests_iterate():
+    assert Path(FUSION_DIR).is_dir() and len(NAMES) >= 24

@@ -2,24 +2,34 @@
 
 Objects are created with ``hydra.utils.instantiate`` from ``_target_``. What one part needs to know about
 another is injected here: the fusion gets the encoders' widths, the task the fusion's width and stage,
-the datamodule the encoders' preprocessing.
+the datamodule the encoders' preprocessing and the feature cache (``conf/cache``).
+
+A trainer config may carry mmfuse's speed options besides Lightning ``Trainer`` arguments (see
+``conf/trainer/gpu.yaml``): ``channels_last`` (CNN image encoders run in NHWC memory format),
+``compile`` (``false``, ``true`` or a ``torch.compile`` mode: encoders, fusion and head are compiled in
+place, so checkpoints keep their keys) and ``float32_matmul_precision`` (``highest | high | medium``).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mmfuse.datamodule import MMFuseDataModule
 from mmfuse.errors import MMFuseError
+from mmfuse.features import FeatureCache, cache_settings
 from mmfuse.model import FusionModel
 from mmfuse.module import MMFuseModule
 from mmfuse.tasks.base import Task
 
 FUSION_META_KEYS = ("stage",)  # documented in every conf/fusion/*.yaml, checked against the class
+SPEED_KEYS = ("channels_last", "compile", "float32_matmul_precision")  # trainer keys that are not Trainer args
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def build_fusion(cfg: DictConfig, image_dim: int, text_dim: int) -> Any:
@@ -46,13 +56,48 @@ def build_module(cfg: DictConfig, saved_config: dict[str, Any] | None = None) ->
     model, task = build_model(cfg)
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     lr_mult = OmegaConf.to_container(cfg.lr_mult) if cfg.get("lr_mult") else None
-    return MMFuseModule(model, task, optimizer=instantiate(cfg.optimizer), scheduler=scheduler,
-                        config=saved_config, lr_mult=lr_mult)
+    module = MMFuseModule(model, task, optimizer=instantiate(cfg.optimizer), scheduler=scheduler,
+                          config=saved_config, lr_mult=lr_mult)
+    apply_speed_options(module, cfg.get("trainer") or {})
+    return module
+
+
+def apply_speed_options(module: MMFuseModule, trainer_cfg: Any) -> None:
+    """``trainer.channels_last`` / ``trainer.compile`` / ``trainer.float32_matmul_precision`` (see above)."""
+    model = module.model
+    if trainer_cfg.get("float32_matmul_precision"):
+        torch.set_float32_matmul_precision(str(trainer_cfg.get("float32_matmul_precision")))
+    channels_last = trainer_cfg.get("channels_last", False)
+    if channels_last not in (True, False):
+        raise MMFuseError(f"trainer.channels_last={channels_last!r}: expected true or false")
+    if channels_last and any(isinstance(m, torch.nn.Conv2d) for m in model.image_encoder.modules()):
+        model.image_encoder.to(memory_format=torch.channels_last)
+        model.image_memory_format = torch.channels_last
+    mode = trainer_cfg.get("compile", False)
+    if mode is False or mode is None:
+        return
+    if mode is not True and mode not in COMPILE_MODES:
+        raise MMFuseError(f"trainer.compile={mode!r}: expected false, true or a torch.compile mode {COMPILE_MODES}")
+    for part in (model.image_encoder, model.text_encoder, model.fusion, module.task):
+        part.compile(**({} if mode is True else {"mode": mode}))
+
+
+def build_feature_cache(cfg: DictConfig, model: FusionModel) -> FeatureCache | None:
+    """The feature cache for the frozen encoders, or None (``cache=off``, or no encoder is frozen)."""
+    settings = cache_settings(cfg.get("cache"))
+    if not settings.enabled:
+        return None
+    if settings.num_workers is None:
+        settings = replace(settings, num_workers=int(cfg.data.get("num_workers", 0) or 0))
+    configs = {side: OmegaConf.to_container(cfg.encoder[side], resolve=True) for side in ("image", "text")}
+    cache = FeatureCache(model, settings, configs)
+    return cache if cache.cached_sides() else None
 
 
 def build_datamodule(cfg: DictConfig, module: MMFuseModule) -> MMFuseDataModule:
     datamodule = instantiate(cfg.data)
     datamodule.attach(module.model.image_encoder.transform, module.model.text_encoder.tokenizer)
+    datamodule.feature_cache = build_feature_cache(cfg, module.model)
     return datamodule
 
 
@@ -73,4 +118,5 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
 
 
 def build_trainer(cfg: DictConfig, task: Task) -> L.Trainer:
-    return instantiate(cfg.trainer, callbacks=build_callbacks(cfg, task), logger=build_loggers(cfg))
+    trainer_cfg = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k not in SPEED_KEYS}
+    return instantiate(trainer_cfg, callbacks=build_callbacks(cfg, task), logger=build_loggers(cfg))

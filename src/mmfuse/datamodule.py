@@ -4,7 +4,9 @@ A subclass implements ``build_split(name) -> Dataset`` for ``name`` in ``("train
 (returning ``None`` for a split it does not have). The builder calls ``attach(image_transform,
 tokenizer)`` with the encoders' own preprocessing before ``setup``, so the data always matches the
 weights. A tokenizer with ``fitted == False`` (a vocabulary built from data) is fitted on
-``train_texts()`` first.
+``train_texts()`` first. When the builder sets ``feature_cache`` (frozen encoders, ``cache`` not off),
+``setup`` hands the built splits to it, and frozen encoders' inputs are replaced by cached features.
+``pin_memory: auto`` pins batches when the trainer runs on a CUDA device.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from mmfuse.errors import MMFuseError
+
 SPLITS = ("train", "val", "test")
 
 
@@ -26,16 +30,19 @@ def collate(samples: Any) -> Any:
 
 class MMFuseDataModule(L.LightningDataModule):
     def __init__(self, batch_size: int = 128, eval_batch_size: int | None = None, num_workers: int = 0,
-                 pin_memory: bool = False, persistent_workers: bool = False) -> None:
+                 pin_memory: bool | str = False, persistent_workers: bool = False) -> None:
         super().__init__()
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
         self.num_workers = int(num_workers)
-        self.pin_memory = bool(pin_memory)
+        if pin_memory not in (True, False, "auto"):
+            raise MMFuseError(f"data.pin_memory={pin_memory!r}: expected true, false or auto")
+        self.pin_memory = pin_memory
         self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
         self.image_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
         self.tokenizer: Any = None
         self.splits: dict[str, Dataset | None] = {}
+        self.feature_cache: Any = None
 
     def attach(self, image_transform: Callable[[torch.Tensor], torch.Tensor], tokenizer: Any) -> None:
         self.image_transform = image_transform
@@ -61,6 +68,8 @@ class MMFuseDataModule(L.LightningDataModule):
             raise RuntimeError("call datamodule.attach(image_transform, tokenizer) before setup()")
         self.prepare_tokenizer()
         self.splits = {name: self.build_split(name) for name in SPLITS}
+        if self.feature_cache is not None:
+            self.splits = self.feature_cache.wrap(self.splits, trainer=self.trainer)
 
     def prepare_tokenizer(self) -> None:
         if getattr(self.tokenizer, "fitted", True) is False:
@@ -75,10 +84,16 @@ class MMFuseDataModule(L.LightningDataModule):
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
             num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
+            pin_memory=self._pin(),
             persistent_workers=self.persistent_workers,
             collate_fn=collate,
         )
+
+    def _pin(self) -> bool:
+        if self.pin_memory != "auto":
+            return bool(self.pin_memory)
+        trainer = self.trainer
+        return trainer is not None and trainer.strategy.root_device.type == "cuda"
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

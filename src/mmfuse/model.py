@@ -17,8 +17,12 @@ class FusionModel(nn.Module):
     """``fusion(image_encoder(batch["image"]), text_encoder(batch["input_ids"], batch["attention_mask"]))``.
 
     A batch may carry precomputed encoder outputs instead (``image_features`` / ``text_features``, as
-    ``EncoderOutput``), as the feature cache provides; then that encoder is not run. A fully frozen
-    encoder runs under ``torch.no_grad()``.
+    ``EncoderOutput``), as the feature cache provides; then that encoder is not run, and floating
+    features are cast to the dtype of the model's parameters (the cache may store float16). A fully
+    frozen encoder runs under ``torch.no_grad()``. ``encoded_samples`` counts the samples each encoder
+    has encoded (the feature cache encodes through ``encode_image`` / ``encode_text`` too).
+    ``image_memory_format`` (``torch.channels_last`` for CNNs on a GPU) is applied to the images
+    before the image encoder.
     """
 
     def __init__(self, image_encoder: Encoder, text_encoder: Encoder, fusion: Fusion) -> None:
@@ -26,18 +30,29 @@ class FusionModel(nn.Module):
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
         self.fusion = fusion
+        self.encoded_samples = {"image": 0, "text": 0}
+        self.image_memory_format = torch.contiguous_format
 
     def encode_image(self, batch: dict[str, Any]) -> EncoderOutput:
         if "image_features" in batch:
-            return batch["image_features"]
+            return self._cast(batch["image_features"])
+        images = batch["image"]
+        self.encoded_samples["image"] += images.shape[0]
+        if self.image_memory_format is not torch.contiguous_format:
+            images = images.contiguous(memory_format=self.image_memory_format)
         with _no_grad_if(self.image_encoder.fully_frozen):
-            return self.image_encoder(batch["image"])
+            return self.image_encoder(images)
 
     def encode_text(self, batch: dict[str, Any]) -> EncoderOutput:
         if "text_features" in batch:
-            return batch["text_features"]
+            return self._cast(batch["text_features"])
+        self.encoded_samples["text"] += batch["input_ids"].shape[0]
         with _no_grad_if(self.text_encoder.fully_frozen):
             return self.text_encoder(batch["input_ids"], batch["attention_mask"])
+
+    def _cast(self, features: EncoderOutput) -> EncoderOutput:
+        dtype = next((p.dtype for p in self.parameters() if p.is_floating_point()), torch.float32)
+        return EncoderOutput(*(t.to(dtype) if t.is_floating_point() else t for t in features))
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor | LateOutput:
         return self.fusion(self.encode_image(batch), self.encode_text(batch))

@@ -75,6 +75,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         steps=trainer.global_step,
         params=count_parameters(module),
         data=datamodule.describe(),
+        encoded_samples=dict(module.model.encoded_samples),
+        feature_cache=datamodule.feature_cache.report if datamodule.feature_cache is not None else None,
     )
     print_summary(results)
     return results

@@ -1,0 +1,217 @@
+"""``FeatureCache``: frozen encoders run once per (encoder, preprocessing, split), not once per run.
+
+``FeatureCache(model, settings, encoder_configs).wrap(splits, trainer)`` replaces, in every
+``PairDataset`` split, the image store and / or the tokenized texts of each *fully frozen* encoder by a
+``CachedFeatures`` store; batches then carry ``image_features`` / ``text_features`` and ``FusionModel``
+skips that encoder. A trainable encoder (``freeze=false`` or ``trainable_last > 0``) is never cached.
+
+Per side and split the entry key is a hash of exactly what determines the features (see ``keys``):
+encoder code, config and weights; the transform or tokenizer; the split's images or token ids; the
+numeric regime (device type and trainer precision); whether token sequences are stored.
+
+Concurrency and faults (see ``storage``): a valid entry is used without locking. Otherwise the key's
+file lock is taken (``<dir>/<key>.lock``; the operating system releases it when its holder dies), the
+entry checked again (another process may have just built it), leftovers of killed writers deleted,
+and the entry encoded, verified and published atomically. Two jobs that need the same entry at the
+same time therefore encode it once; the other waits and reads. An entry that fails its check (missing
+file, size or sha256 different from the manifest) is rebuilt with a warning.
+
+``report``: per split and side, the key, the entry path and what happened (``hit``, ``built``,
+``rebuilt``), for ``results.json``. The samples each encoder encoded are counted by ``FusionModel``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import filelock
+import torch
+from torch.utils.data import Dataset
+
+from mmfuse.data.pairs import PairDataset
+from mmfuse.features import encode as enc
+from mmfuse.features.keys import (
+    FORMAT_VERSION,
+    as_numpy_dtype,
+    code_identity,
+    describe_tokenizer,
+    describe_transform,
+    images_fingerprint,
+    key_of,
+    texts_fingerprint,
+    weights_digest,
+)
+from mmfuse.features.settings import CacheSettings
+from mmfuse.features.storage import CacheCorrupt, EntryWriter, open_entry, read_manifest, remove_stale
+from mmfuse.features.store import CachedFeatures
+from mmfuse.model import FusionModel
+
+log = logging.getLogger(__name__)
+
+PROCESS_START = time.time()  # cache=rebuild recomputes entries created before this
+SIDES = ("image", "text")
+NOT_IN_KEY = ("load_weights",)  # config keys that do not change the features (the weights digest does)
+
+
+class FeatureCache:
+    def __init__(self, model: FusionModel, settings: CacheSettings,
+                 encoder_configs: dict[str, dict[str, Any]] | None = None) -> None:
+        self.model = model
+        self.settings = settings
+        self.root = Path(settings.dir).expanduser()
+        self.encoder_configs = {side: {k: v for k, v in (encoder_configs or {}).get(side, {}).items()
+                                       if k not in NOT_IN_KEY} for side in SIDES}
+        self.report: dict[str, dict[str, dict[str, Any]]] = {}
+        self._encoder_identity: dict[str, dict[str, Any]] = {}
+
+    # -- which sides -----------------------------------------------------------------------------
+    def encoder(self, side: str) -> torch.nn.Module:
+        return self.model.image_encoder if side == "image" else self.model.text_encoder
+
+    def cached_sides(self) -> list[str]:
+        return [side for side in SIDES if getattr(self.encoder(side), "fully_frozen", False)]
+
+    @property
+    def with_tokens(self) -> bool:
+        return self.settings.tokens == "true" or bool(getattr(self.model.fusion, "needs_tokens", True))
+
+    # -- keys ------------------------------------------------------------------------------------
+    def encoder_identity(self, side: str) -> dict[str, Any]:
+        if side not in self._encoder_identity:  # weights are hashed once per run (seconds for BERT-base)
+            encoder = self.encoder(side)
+            self._encoder_identity[side] = {**code_identity(encoder), "config": self.encoder_configs[side],
+                                            "weights_sha256": weights_digest(encoder)}
+        return self._encoder_identity[side]
+
+    def key_parts(self, side: str, dataset: PairDataset, regime: str, tokens: bool) -> dict[str, Any]:
+        parts: dict[str, Any] = {"format": FORMAT_VERSION, "side": side, "encoder": self.encoder_identity(side),
+                                 "regime": regime, "dtype": self.settings.dtype, "tokens": tokens}
+        if side == "image":
+            parts["transform"] = describe_transform(dataset.transform)
+            parts["data"] = images_fingerprint(dataset.images)
+        else:
+            parts["tokenizer"] = describe_tokenizer(getattr(self.model.text_encoder, "tokenizer", None))
+            parts["data"] = texts_fingerprint(dataset.text)
+        return parts
+
+    # -- wrapping ----------------------------------------------------------------------------------
+    def wrap(self, splits: dict[str, Dataset | None], trainer: Any = None) -> dict[str, Dataset | None]:
+        """The splits with the frozen encoders' inputs replaced by cached features."""
+        sides = self.cached_sides()
+        if not self.settings.enabled or not sides:
+            return splits
+        device, regime, autocast = _regime(trainer)
+        out: dict[str, Dataset | None] = {}
+        for name, dataset in splits.items():
+            if not isinstance(dataset, PairDataset):
+                if dataset is not None:
+                    log.info("feature cache: split %s is a %s, not a PairDataset; not cached", name, type(dataset).__name__)
+                out[name] = dataset
+                continue
+            dataset = copy.copy(dataset)
+            for side in sides:
+                store = self.features_for(side, name, dataset, device, regime, autocast)
+                if side == "image":
+                    dataset.images = store
+                else:
+                    dataset.text = store
+            out[name] = dataset
+        return out
+
+    def features_for(self, side: str, split: str, dataset: PairDataset, device: torch.device, regime: str,
+                     autocast: Any) -> CachedFeatures:
+        tokens = self.with_tokens
+        parts = self.key_parts(side, dataset, regime, tokens)
+        key = key_of(parts)
+        if not tokens and self.settings.mode == "auto":  # an entry with tokens also serves pooled-only use
+            full = key_of({**parts, "tokens": True})
+            if self._valid(self.root / full):
+                return self._use(split, side, full, "hit", tokens)
+        _, status = self.entry(key, parts, lambda w: self._encode(w, side, split, dataset, device, autocast, tokens))
+        return self._use(split, side, key, status, tokens)
+
+    def _use(self, split: str, side: str, key: str, status: str, tokens: bool) -> CachedFeatures:
+        path = self.root / key
+        self.report.setdefault(split, {})[side] = {"key": key, "status": status, "path": str(path)}
+        log.info("feature cache: %s %s features: %s (%s)", split, side, status, path)
+        return CachedFeatures(path, with_tokens=tokens)
+
+    # -- the entry protocol --------------------------------------------------------------------------
+    def _valid(self, path: Path, fresh_only: bool = False) -> bool:
+        try:
+            manifest, _ = open_entry(path, self.settings.verify)
+        except CacheCorrupt:
+            return False
+        return not fresh_only or manifest.get("created_at", 0) >= PROCESS_START
+
+    def entry(self, key: str, parts: dict[str, Any], build: Any) -> tuple[Path, str]:
+        """``(path, status)`` of a valid entry for ``key``, building it (once, under the lock) if needed."""
+        path = self.root / key
+        rebuild = self.settings.mode == "rebuild"
+        if self._valid(path, fresh_only=rebuild):
+            return path, "hit"
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock = filelock.FileLock(str(self.root / f"{key}.lock"))
+        with lock:
+            reason = None
+            try:
+                manifest, _ = open_entry(path, self.settings.verify)
+                if not rebuild or manifest.get("created_at", 0) >= PROCESS_START:
+                    return path, "hit"
+            except CacheCorrupt as e:
+                reason = str(e) if path.exists() else None
+            if reason:
+                log.warning("feature cache: %s; rebuilding the entry", reason)
+            for stale in remove_stale(self.root, key):
+                log.warning("feature cache: removed %s, left by a writer that did not finish", stale)
+            writer = EntryWriter(self.root, key)
+            try:
+                info = build(writer)
+                writer.publish({**info, "key_parts": parts, "created_by": {"host": socket.gethostname(),
+                                                                           "pid": os.getpid()}})
+            except BaseException:
+                writer.abort()
+                raise
+        return path, "rebuilt" if (reason or rebuild) else "built"
+
+    def _encode(self, writer: EntryWriter, side: str, split: str, dataset: PairDataset, device: torch.device,
+                autocast: Any, tokens: bool) -> dict[str, Any]:
+        s = self.settings
+        dtype = as_numpy_dtype(s.dtype)
+        encoder = self.encoder(side).to(device)
+        name = type(encoder).__name__
+        if side == "image":
+            store = dataset.images
+            decode = s.decode == "auto" and device.type == "cuda" and hasattr(store, "read_bytes") \
+                and enc.decode_on(device, dataset.transform)
+            batches = enc.image_batches(store, dataset.transform, s.batch_size, s.num_workers or 0, device, decode)
+            info = enc.encode_into(writer, batches, lambda x: self.model.encode_image({"image": x}), len(store),
+                                   tokens, dtype, f"encoding {split} images ({name})", autocast=autocast())
+        else:
+            text = dataset.text
+            batches = enc.text_batches(text, s.batch_size, device)
+            info = enc.encode_into(writer, batches, self.model.encode_text, len(text["input_ids"]), tokens, dtype,
+                                   f"encoding {split} texts ({name})", max_tokens=text["input_ids"].shape[1],
+                                   autocast=autocast())
+        return {"side": side, "split": split, "samples": len(dataset.images if side == "image" else dataset.text["input_ids"]),
+                "dtype": s.dtype, "tokens": tokens, **info}
+
+
+def _regime(trainer: Any) -> tuple[torch.device, str, Any]:
+    """Device, a label of the numeric regime (part of the key) and the autocast context to encode in."""
+    if trainer is None:
+        return torch.device("cpu"), "cpu/32-true", contextlib.nullcontext
+    device = trainer.strategy.root_device
+    return device, f"{device.type}/{trainer.precision}", trainer.precision_plugin.forward_context
+
+
+def describe_entry(path: str | Path) -> dict[str, Any]:
+    """The manifest of an entry (for tools and tests)."""
+    return read_manifest(Path(path))

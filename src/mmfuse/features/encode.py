@@ -1,0 +1,152 @@
+"""Run a frozen encoder once over a split and write its outputs into a cache entry, with a progress bar.
+
+Images come in store order, in batches, from whichever the store offers:
+- ``load_many(indices)`` (images in memory): batches gathered in-process, transformed on the CPU;
+- ``read_bytes(i)`` (encoded JPEG files) with ``decode_on_device``: DataLoader workers read the
+  bytes, ``torchvision.io.decode_jpeg`` decodes the whole batch on the GPU and the transform runs there;
+- ``load(i)``: DataLoader workers decode and transform, batches are pinned for the copy to a GPU.
+Texts are encoded in order of length (so that a batch pads little) and written back to their rows.
+
+Stored per sample: ``pooled [D]`` and, with ``tokens``, ``tokens [T, D]`` and ``mask [T]`` (``T`` the
+longest sequence of the split; shorter rows are zero-padded with ``mask`` False). Values that do not
+fit the storage dtype (float16 overflows above 65504) stop the encoding with an error instead of
+being stored as ``inf``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from mmfuse.errors import MMFuseError
+from mmfuse.features.storage import EntryWriter
+from mmfuse.types import EncoderOutput
+
+log = logging.getLogger(__name__)
+
+Batches = Iterator[tuple[np.ndarray, Any]]
+
+
+class _Transformed(Dataset):
+    def __init__(self, store: Any, transform: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.store, self.transform = store, transform
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.transform(self.store.load(i))
+
+
+class _Bytes(Dataset):
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        data = self.store.read_bytes(i)
+        return data if isinstance(data, torch.Tensor) else torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def _keep_list(items: list[torch.Tensor]) -> list[torch.Tensor]:
+    return items
+
+
+def decode_on(device: torch.device, transform: Callable[[torch.Tensor], torch.Tensor]) -> bool:
+    """Whether ``transform`` runs on ``device`` (a probe on one small image): GPU JPEG decoding needs it."""
+    try:
+        transform(torch.zeros(3, 8, 8, dtype=torch.uint8, device=device))
+        return True
+    except (RuntimeError, TypeError) as e:
+        log.info("feature cache: the image transform does not run on %s (%s); decoding JPEGs on the CPU", device, e)
+        return False
+
+
+def image_batches(store: Any, transform: Callable[[torch.Tensor], torch.Tensor], batch_size: int,
+                  num_workers: int, device: torch.device, decode_on_device: bool) -> Batches:
+    n = len(store)
+    if hasattr(store, "load_many"):
+        for start in range(0, n, batch_size):
+            rows = np.arange(start, min(n, start + batch_size))
+            yield rows, transform(store.load_many(torch.from_numpy(rows))).to(device, non_blocking=True)
+        return
+    pin = device.type == "cuda"
+    if decode_on_device and hasattr(store, "read_bytes"):
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        loader = DataLoader(_Bytes(store), batch_size=batch_size, num_workers=num_workers, collate_fn=_keep_list)
+        start = 0
+        for encoded in loader:
+            decoded = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
+            images = torch.stack([transform(img) for img in decoded])
+            yield np.arange(start, start + len(encoded)), images
+            start += len(encoded)
+        return
+    loader = DataLoader(_Transformed(store, transform), batch_size=batch_size, num_workers=num_workers, pin_memory=pin)
+    start = 0
+    for images in loader:
+        yield np.arange(start, start + len(images)), images.to(device, non_blocking=True)
+        start += len(images)
+
+
+def text_batches(text: dict[str, torch.Tensor], batch_size: int, device: torch.device) -> Batches:
+    lengths = text["attention_mask"].sum(1)
+    order = torch.argsort(lengths, descending=True, stable=True)
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        length = max(int(lengths[rows].max()), 1)
+        yield rows.numpy(), {k: text[k][rows, :length].to(device, non_blocking=True)
+                             for k in ("input_ids", "attention_mask")}
+
+
+def _host(t: torch.Tensor, dtype: np.dtype, what: str) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        out = t.detach().float().cpu().numpy().astype(dtype)
+    if dtype != np.float32 and not np.isfinite(out).all():
+        raise MMFuseError(f"feature cache: {what} has values beyond the range of {dtype} (largest "
+                          f"|x| = {t.detach().abs().max().item():.4g}); set cache.dtype=float32")
+    return out
+
+
+def encode_into(writer: EntryWriter, batches: Batches, encode: Callable[[Any], EncoderOutput], samples: int,
+                tokens: bool, dtype: np.dtype, desc: str, max_tokens: int | None = None,
+                autocast: contextlib.AbstractContextManager | None = None) -> dict[str, Any]:
+    """Encode every batch, write rows into ``writer``'s arrays; returns the shapes and the time taken."""
+    start = time.perf_counter()
+    arrays: dict[str, np.ndarray] = {}
+    with tqdm(total=samples, desc=desc, unit="sample", mininterval=1.0, dynamic_ncols=True) as bar:
+        for rows, inputs in batches:
+            with torch.no_grad(), (autocast or contextlib.nullcontext()):
+                out = encode(inputs)
+            if not arrays:
+                arrays["pooled"] = writer.array("pooled", (samples, out.pooled.shape[-1]), dtype)
+                if tokens:
+                    t = max_tokens or out.tokens.shape[1]
+                    arrays["tokens"] = writer.array("tokens", (samples, t, out.tokens.shape[-1]), dtype)
+                    arrays["mask"] = writer.array("mask", (samples, t), np.bool_)
+            arrays["pooled"][rows] = _host(out.pooled, dtype, f"{desc}: pooled")
+            if tokens:
+                length = out.tokens.shape[1]
+                if length > arrays["tokens"].shape[1]:
+                    raise MMFuseError(f"feature cache: {desc} gave {length} tokens for a batch, more than "
+                                      f"the {arrays['tokens'].shape[1]} of the first batch; token counts must "
+                                      "not vary between image batches")
+                arrays["tokens"][rows, :length] = _host(out.tokens, dtype, f"{desc}: tokens")
+                arrays["mask"][rows, :length] = out.mask.detach().bool().cpu().numpy()
+            bar.update(len(rows))
+    if samples and not arrays:
+        raise MMFuseError(f"feature cache: {desc} produced no batches for {samples} samples")
+    seconds = time.perf_counter() - start
+    log.info("feature cache: %s: %d samples in %.1f s (%.0f/s)", desc, samples, seconds, samples / max(seconds, 1e-9))
+    return {"encode_seconds": round(seconds, 3),
+            "shapes": {name: list(a.shape) for name, a in arrays.items()}}

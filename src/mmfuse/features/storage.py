@@ -1,0 +1,154 @@
+"""One cache entry on disk: a directory of ``.npy`` arrays and a ``manifest.json``, published atomically.
+
+Layout: ``<root>/<key>/{manifest.json, pooled.npy[, tokens.npy, mask.npy]}``. An entry is written
+into ``<root>/<key>.tmp-<pid>-<random>/``; ``publish`` flushes and fsyncs every array, records each
+file's size and sha256 in the manifest, re-opens the files to check them against it (sizes, headers,
+shapes, dtypes), and only then renames the directory to ``<root>/<key>``. A writer killed at any point leaves a ``.tmp-`` directory
+that no reader looks at (and the next writer of that key deletes it), never a half-written entry.
+
+``open_entry`` checks an entry before it is used: the manifest parses, every file exists with the
+recorded size and, with ``verify="checksum"``, the recorded sha256; any mismatch raises
+``CacheCorrupt`` with the reason. Arrays are returned memory-mapped (read-only).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmfuse.features.keys import FORMAT_VERSION, file_sha256
+
+MANIFEST = "manifest.json"
+VERIFY_MODES = ("checksum", "size")
+
+
+class CacheCorrupt(Exception):
+    """A cache entry that must not be trusted; the message says which file and why."""
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+class EntryWriter:
+    """Collects the arrays of one entry in a temporary directory, then ``publish``es it under ``key``."""
+
+    def __init__(self, root: Path, key: str) -> None:
+        self.root = Path(root)
+        self.key = key
+        self.tmp = self.root / f"{key}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        self.tmp.mkdir(parents=True)
+        self.arrays: dict[str, np.memmap] = {}
+
+    def array(self, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        """A zero-filled array backed by ``<tmp>/<name>.npy`` to write rows into."""
+        arr = np.lib.format.open_memmap(self.tmp / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+        self.arrays[name] = arr
+        return arr
+
+    def publish(self, manifest: dict[str, Any]) -> Path:
+        files = {}
+        for name, arr in self.arrays.items():
+            arr.flush()
+            path = self.tmp / f"{name}.npy"
+            _fsync_file(path)
+            files[name] = {"file": path.name, "shape": list(arr.shape), "dtype": str(arr.dtype),
+                           "bytes": path.stat().st_size, "sha256": file_sha256(path)}
+        self.arrays.clear()
+        manifest = {"format": FORMAT_VERSION, "key": self.key, "created_at": time.time(), **manifest,
+                    "files": files}
+        (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        _fsync_file(self.tmp / MANIFEST)
+        open_entry(self.tmp, verify="size")  # files, sizes, headers, shapes and dtypes as recorded
+        final = self.root / self.key
+        if final.exists():  # a corrupt entry or one being rebuilt: move it aside, then drop it
+            aside = self.root / f"{self.key}.old-{os.getpid()}-{secrets.token_hex(4)}"
+            os.rename(final, aside)
+            shutil.rmtree(aside, ignore_errors=True)
+        os.rename(self.tmp, final)
+        _fsync_dir(self.root)
+        return final
+
+    def abort(self) -> None:
+        self.arrays.clear()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def remove_stale(root: Path, key: str) -> list[Path]:
+    """Delete leftovers of killed writers of ``key`` (call only while holding the key's lock)."""
+    removed = []
+    for path in list(root.glob(f"{key}.tmp-*")) + list(root.glob(f"{key}.old-*")):
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def read_manifest(entry: Path) -> dict[str, Any]:
+    path = Path(entry) / MANIFEST
+    if not path.is_file():
+        raise CacheCorrupt(f"{path} is missing")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CacheCorrupt(f"{path} is unreadable ({type(e).__name__}: {e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_VERSION or "files" not in manifest:
+        raise CacheCorrupt(f"{path} is not a format-{FORMAT_VERSION} manifest")
+    return manifest
+
+
+def check_files(entry: Path, manifest: dict[str, Any], verify: str) -> None:
+    if verify not in VERIFY_MODES:
+        raise ValueError(f"verify={verify!r}: expected one of {VERIFY_MODES}")
+    for name, info in manifest["files"].items():
+        path = Path(entry) / info["file"]
+        if not path.is_file():
+            raise CacheCorrupt(f"{path} ({name}) is missing")
+        size = path.stat().st_size
+        if size != info["bytes"]:
+            raise CacheCorrupt(f"{path} has {size} bytes, the manifest records {info['bytes']} (truncated or overwritten)")
+        if verify == "checksum" and file_sha256(path) != info["sha256"]:
+            raise CacheCorrupt(f"{path}: sha256 differs from the manifest (the file is corrupted)")
+
+
+def load_arrays(entry: Path, manifest: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The entry's arrays, memory-mapped read-only (shape and dtype checked against the manifest)."""
+    arrays = {}
+    for name, info in manifest["files"].items():
+        path = Path(entry) / info["file"]
+        try:
+            arr = np.load(path, mmap_mode="r") if int(np.prod(info["shape"])) else np.load(path)
+        except (OSError, ValueError) as e:
+            raise CacheCorrupt(f"{path} cannot be read as an array ({type(e).__name__}: {e})") from None
+        if list(arr.shape) != info["shape"] or str(arr.dtype) != info["dtype"]:
+            raise CacheCorrupt(f"{path} holds {arr.dtype}{list(arr.shape)}, the manifest records "
+                               f"{info['dtype']}{info['shape']}")
+        arrays[name] = arr
+    return arrays
+
+
+def open_entry(entry: Path, verify: str = "checksum") -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """``(manifest, arrays)`` of a checked entry; raises ``CacheCorrupt`` when it must not be used."""
+    manifest = read_manifest(entry)
+    check_files(entry, manifest, verify)
+    return manifest, load_arrays(entry, manifest)

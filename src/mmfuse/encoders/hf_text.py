@@ -38,8 +38,13 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 def hf_load(loader: Any, name_or_path: str, what: str) -> Any:
     """``loader.from_pretrained(name_or_path)`` that fails within seconds when it cannot succeed."""
-    if Path(name_or_path).expanduser().is_dir():
-        return loader.from_pretrained(str(Path(name_or_path).expanduser()))
+    folder = Path(name_or_path).expanduser()
+    if folder.is_dir():
+        return loader.from_pretrained(str(folder))
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        raise MMFuseError(f"{what}.name_or_path={name_or_path!r} looks like a folder but {folder.resolve()} "
+                          "does not exist. Fix: give an existing folder with config.json, weights and "
+                          "tokenizer files, or a hub id such as bert-base-uncased")
     try:
         return loader.from_pretrained(name_or_path, local_files_only=True)
     except OSError:
@@ -49,10 +54,11 @@ def hf_load(loader: Any, name_or_path: str, what: str) -> Any:
     from huggingface_hub.constants import HF_HUB_CACHE
 
     raise MMFuseError(
-        f"{what}: cannot load {name_or_path!r}: it is not a local folder, not in the Hugging Face cache "
-        f"({HF_HUB_CACHE}), and the hub is unreachable (offline). Fix: set {what}.name_or_path=<a local "
-        f"folder with config.json, weights and tokenizer files>, or {what}.pretrained=false with a local "
-        f"config (random weights), or download it once where there is network."
+        f"{what}: cannot load {name_or_path!r} ({loader.__name__}): it is not a local folder, not in the "
+        f"Hugging Face cache ({HF_HUB_CACHE}), and the hub is unreachable (offline). Fix: set "
+        f"{what}.name_or_path=<a local folder with config.json, weights and tokenizer files>, or fill the "
+        f"cache once where there is network (set HF_HOME to share it); {what}.pretrained=false still needs "
+        f"config.json and tokenizer files (it only skips the weights)."
     )
 
 
@@ -94,6 +100,8 @@ class HFTextEncoder(Encoder):
             self.model = hf_load(AutoModel, name_or_path, "encoder.text")
         else:
             self.model = AutoModel.from_config(hf_load(AutoConfig, name_or_path, "encoder.text"))
+        if getattr(self.model, "pooler", None) is not None:
+            self.model.pooler = None  # unused (pooling is ours): unused parameters would break DDP
         self.out_dim = int(self.model.config.hidden_size)
         self.tokenizer = HFTokenizer(hf_load(AutoTokenizer, tokenizer or name_or_path, "encoder.text"), max_length)
         self.apply_freeze()

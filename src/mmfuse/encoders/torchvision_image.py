@@ -1,23 +1,39 @@
-"""Image encoders from torchvision (ResNet, MobileNet, EfficientNet, ConvNeXt, ViT).
+"""Image encoders from torchvision: resnet18/50/101, mobilenet_v2, efficientnet_b0, convnext_tiny, vit_b_16
+(any classification model of ``torchvision.models`` whose family is listed in ``_body``).
 
-``pretrained``: ``true`` -> the architecture's default ImageNet weights through torchvision's weights
-API (cached under ``$TORCH_HOME/hub/checkpoints``), with the weights' own ``transforms()``;
-``<path>`` -> a local state dict; ``false`` -> random initialisation. Without pretrained weights the
-transform resizes to ``image_size`` and normalises with the ImageNet statistics.
+``pretrained``:
+- ``true``: the architecture's default weights (``<Arch>_Weights.DEFAULT``) through torchvision's
+  weights API, read from ``weights_dir`` (default ``$TORCH_HOME/hub/checkpoints``, where torchvision
+  itself caches them) or downloaded there;
+- a weights name such as ``IMAGENET1K_V1``: that member of the architecture's weights enum;
+- a path: a local state dict (or a Lightning checkpoint's ``state_dict``);
+- ``false``: random initialisation.
 
-Tokens: the last convolutional grid (``[B, h*w, C]``) or the ViT patch tokens; pooled: the grid mean
-(CNNs) or the class token (ViT).
+Preprocessing (``preprocess``): ``auto`` uses the weights' own ``transforms()`` (resize, centre crop,
+ImageNet normalisation) whenever weights are loaded (a local state dict is taken to follow the
+architecture's default recipe) and a square resize to ``image_size`` with ImageNet statistics for random
+weights; ``weights`` / ``resize`` force one of the two.
+
+Offline: a missing weights file is downloaded only when the download host answers within 3 s;
+otherwise the error names the weights, the cache folder and the fixes. No hang, no retry loop.
+
+Tokens: the last convolutional grid ``[B, h*w, C]`` (pooled = grid mean, what the classifier sees) or
+the ViT patch tokens after the final LayerNorm (pooled = the class token). ``trainable_last=N`` with
+``freeze=true`` fine-tunes the last N blocks: residual stages (ResNet), ``features`` entries
+(MobileNet, EfficientNet, ConvNeXt) or transformer layers (ViT, with the final LayerNorm).
 """
 
 from __future__ import annotations
 
 import os
-import urllib.error
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 import torchvision
 from torch import nn
+from torchvision.models import WeightsEnum
 
 from mmfuse.encoders.base import Encoder, load_local_state_dict
 from mmfuse.encoders.transforms import ImageTransform
@@ -26,25 +42,61 @@ from mmfuse.types import EncoderOutput
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+PREPROCESS = ("auto", "weights", "resize")
 
 
-def weights_cache_file(weights: torchvision.models.WeightsEnum) -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+def default_weights_dir() -> Path:
+    """Where torchvision caches weight files: ``$TORCH_HOME/hub/checkpoints``."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def load_default_weights(arch: str) -> tuple[dict, torchvision.models.WeightsEnum]:
-    """The default weights' state dict: from the cache, else downloaded; fails fast when offline."""
-    weights = torchvision.models.get_model_weights(arch).DEFAULT
-    cached = weights_cache_file(weights)
+def host_reachable(url: str, timeout: float = 3.0) -> bool:
+    parsed = urlparse(url)
     try:
-        return weights.get_state_dict(progress=False, check_hash=False), weights
-    except (urllib.error.URLError, OSError, RuntimeError) as e:
-        raise MMFuseError(
-            f"encoder.image={arch}: the weights {weights} are not in the cache ({cached}) and could not "
-            f"be downloaded from {weights.url} ({e.__class__.__name__}: {e}). Fix: "
-            f"encoder.image.pretrained=false for random weights, or encoder.image.pretrained=<path of a "
-            f"local state dict>, or put {cached.name} into {cached.parent} (set TORCH_HOME to move it)."
-        ) from None
+        socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def resolve_weights(arch: str, pretrained: bool | str | None) -> WeightsEnum | None:
+    """The weights enum member that ``pretrained`` names, or None (random weights or a local path)."""
+    if pretrained is None or pretrained is False:
+        return None
+    enum = torchvision.models.get_model_weights(arch)
+    if pretrained is True:
+        return enum.DEFAULT
+    name = str(pretrained)
+    if name in ("DEFAULT", *enum.__members__) and not Path(name).exists():
+        return enum[name]
+    if "/" not in name and "." not in name and name.isupper():
+        raise MMFuseError(f"encoder.image.pretrained={name!r} is not a weights name of {arch}: "
+                          f"known: {sorted(enum.__members__)}; or give true, false or a state dict path")
+    return None
+
+
+def load_weights_file(weights: WeightsEnum, weights_dir: str | Path | None, arch: str) -> dict:
+    """The state dict of ``weights``: from ``weights_dir`` if there, else downloaded when reachable."""
+    folder = Path(weights_dir).expanduser() if weights_dir else default_weights_dir()
+    path = folder / os.path.basename(weights.url)
+    fixes = (f"Fix: put {path.name} into {folder} (set TORCH_HOME, or encoder.image.weights_dir, to the "
+             f"folder that has it), or encoder.image.pretrained=<path of a local state dict>, or "
+             f"encoder.image.pretrained=false for random weights.")
+    if path.is_file():
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise MMFuseError(f"encoder.image={arch}: cannot read {path} ({type(e).__name__}: {e}); "
+                              f"delete it to download it again. {fixes}") from None
+    if not host_reachable(weights.url):
+        raise MMFuseError(f"encoder.image={arch}: the weights {weights} are not in the cache folder {folder} "
+                          f"and {urlparse(weights.url).hostname} is unreachable (offline). {fixes}")
+    try:
+        return torch.hub.load_state_dict_from_url(weights.url, model_dir=str(folder), progress=True,
+                                                  check_hash=True, map_location="cpu")
+    except Exception as e:
+        raise MMFuseError(f"encoder.image={arch}: downloading {weights.url} into {folder} failed "
+                          f"({type(e).__name__}: {e}). {fixes}") from None
 
 
 class TorchvisionImageEncoder(Encoder):
@@ -55,27 +107,53 @@ class TorchvisionImageEncoder(Encoder):
         freeze: bool = False,
         trainable_last: int = 0,
         image_size: int = 224,
+        preprocess: str = "auto",
+        weights_dir: str | None = None,
         load_weights: bool = True,
     ) -> None:
         super().__init__(freeze=freeze, trainable_last=trainable_last)
         if arch not in torchvision.models.list_models(module=torchvision.models):
             raise MMFuseError(f"encoder.image.arch={arch!r} is not a torchvision classification model")
+        if preprocess not in PREPROCESS:
+            raise MMFuseError(f"encoder.image.preprocess={preprocess!r}: expected one of {PREPROCESS}")
         self.arch = arch
-        net = torchvision.models.get_model(arch, weights=None)
-        if pretrained is True:
-            weights = torchvision.models.get_model_weights(arch).DEFAULT
-            if load_weights:
-                net.load_state_dict(load_default_weights(arch)[0])
-            self.transform = weights.transforms()
+        weights = resolve_weights(arch, pretrained)
+        local = pretrained not in (None, False, True) and weights is None
+        recipe = weights or (torchvision.models.get_model_weights(arch).DEFAULT if local else None)
+        use_recipe = recipe is not None and preprocess != "resize"
+        if preprocess == "weights" and recipe is None:
+            recipe, use_recipe = torchvision.models.get_model_weights(arch).DEFAULT, True
+        if use_recipe:
+            self.transform = recipe.transforms()
+            self.input_size = int(self.transform.crop_size[0])
         else:
-            if pretrained and load_weights:
-                load_local_state_dict(net, pretrained, f"encoder.image ({arch})")
             self.transform = ImageTransform(size=image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+            self.input_size = int(image_size)
+        extra = {}
+        if arch.startswith("vit_"):
+            patch = int(arch.rsplit("_", 1)[-1])
+            if self.input_size % patch:
+                raise MMFuseError(f"encoder.image={arch}: image_size={self.input_size} must be a multiple of "
+                                  f"the patch size {patch}")
+            extra = {"image_size": self.input_size}
+        net = torchvision.models.get_model(arch, weights=None, **extra)
+        if weights is not None and load_weights:
+            net.load_state_dict(load_weights_file(weights, weights_dir, arch))
+        elif local and load_weights:
+            load_local_state_dict(net, pretrained, f"encoder.image ({arch})")
+        self.weights_name = str(weights) if weights is not None else (str(pretrained) if local else None)
+        self._build_body(net)
+        self.apply_freeze()
+
+    def _build_body(self, net: nn.Module) -> None:
+        arch = self.arch
         self.is_vit = arch.startswith("vit_")
         if self.is_vit:
             self.vit = net
+            self.vit.heads = nn.Identity()  # the classifier is not part of the encoder
             self.out_dim = net.hidden_dim
-            self._blocks = list(net.encoder.layers)
+            layers = list(net.encoder.layers)
+            self._blocks = layers[:-1] + [nn.ModuleList([layers[-1], net.encoder.ln])]
         elif arch.startswith(("resnet", "resnext", "wide_resnet")):
             self.body = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool,
                                       net.layer1, net.layer2, net.layer3, net.layer4)
@@ -83,11 +161,10 @@ class TorchvisionImageEncoder(Encoder):
             self._blocks = [net.layer1, net.layer2, net.layer3, net.layer4]
         elif hasattr(net, "features"):
             self.body = net.features
-            self.out_dim = _out_channels(net.features, image_size)
+            self.out_dim = _out_channels(net.features, self.input_size)
             self._blocks = list(net.features)
         else:
             raise MMFuseError(f"encoder.image.arch={arch!r}: no feature extractor defined for this family")
-        self.apply_freeze()
 
     def blocks(self) -> list[nn.Module]:
         return self._blocks

@@ -48,7 +48,8 @@ def build_model(cfg: DictConfig) -> tuple[FusionModel, Task]:
     image_encoder = instantiate(cfg.encoder.image)
     text_encoder = instantiate(cfg.encoder.text)
     fusion = build_fusion(cfg, image_encoder.out_dim, text_encoder.out_dim)
-    task = instantiate(cfg.task, in_dim=fusion.out_dim, fusion_stage=fusion.stage)
+    task = instantiate(cfg.task, in_dim=fusion.out_dim, fusion_stage=fusion.stage,
+                       image_dim=image_encoder.out_dim, text_dim=text_encoder.out_dim)
     return FusionModel(image_encoder, text_encoder, fusion), task
 
 

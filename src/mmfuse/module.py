@@ -63,6 +63,7 @@ class MMFuseModule(L.LightningModule):
         self._eval_step("test", batch)
 
     def _log_epoch(self, stage: str) -> None:
+        self.task.epoch_end(stage, self.model)  # metrics that need the model over the whole split (retrieval)
         metrics = self.task.compute(stage)  # torchmetrics has already reduced across processes
         self.task.reset(stage)
         self.log_dict({k: v.float() for k, v in metrics.items()}, prog_bar=False, sync_dist=False,

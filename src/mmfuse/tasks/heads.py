@@ -38,6 +38,27 @@ class SimilarityHead(nn.Module):
         return (self.log_scale.exp() * (u * v).sum(-1) + self.bias).unsqueeze(-1)
 
 
+class LateHeads(nn.Module):
+    """For late fusion on classification-like tasks: one head per modality, logits added,
+    ``logits = h_img(u) + h_txt(v)`` (a product of per-modality experts in probability space)."""
+
+    def __init__(self, kind: str, in_dim: int, out_dim: int, hidden_dim: int = 256, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.image = build_head(kind, in_dim, out_dim, hidden_dim, dropout)
+        self.text = build_head(kind, in_dim, out_dim, hidden_dim, dropout)
+
+    def forward(self, out: LateOutput) -> torch.Tensor:
+        return self.image(out.image) + self.text(out.text)
+
+
+def build_task_head(kind: str, in_dim: int, out_dim: int, fusion_stage: str, hidden_dim: int = 256,
+                    dropout: float = 0.0) -> nn.Module:
+    """``build_head`` on a fused vector, or ``LateHeads`` when the fusion is late."""
+    if fusion_stage == "late":
+        return LateHeads(kind, in_dim, out_dim, hidden_dim, dropout)
+    return build_head(kind, in_dim, out_dim, hidden_dim, dropout)
+
+
 def build_head(kind: str, in_dim: int, out_dim: int, hidden_dim: int = 256, dropout: float = 0.0) -> nn.Module:
     """``linear``: ``W z + b`` (the seed's classifier); ``mlp``: one hidden layer."""
     if kind == "linear":

@@ -1,0 +1,189 @@
+"""Bad input in real datasets: find it before training, then stop or skip (``data.on_bad_sample``).
+
+What counts as bad: a missing, empty, unreadable or truncated image file, a file that is not an image,
+a caption for an unknown image id, an empty caption, a record without an expected key.
+
+- ``on_bad_sample=error`` (default): ``BadRecords.resolve`` raises one ``MMFuseError`` that names the
+  source file, lists the first offending records and counts the rest, and says how to fix it;
+- ``on_bad_sample=skip``: the records are left out, a warning says how many and which, and
+  ``summary()`` (how many per reason, the first ones) goes into ``results.json`` through ``describe()``.
+
+Image checks (``data.verify_images``): ``quick`` reads the first and last bytes of every file (known
+image signature; JPEG end-of-image marker / PNG ``IEND`` chunk, which a partly written file lacks; a
+suspect file is then decoded to confirm), ``decode`` decodes every file, ``none`` only checks that
+the files exist. A file that still fails to decode during training is dropped from its batch with a
+warning and counted (``mmfuse.data.images``): training never stops mid-epoch on a bad image.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mmfuse.errors import MMFuseError
+
+log = logging.getLogger(__name__)
+
+POLICIES = ("error", "skip")
+VERIFY_MODES = ("quick", "decode", "none")
+SHOW = 5  # offending records listed in messages
+TAIL_BYTES = 2048
+
+_SIGNATURES = {
+    b"\xff\xd8\xff": "jpeg",
+    b"\x89PNG\r\n\x1a\n": "png",
+    b"GIF87a": "gif",
+    b"GIF89a": "gif",
+}
+
+
+def check_policy(on_bad_sample: str, verify_images: str = "quick") -> None:
+    if on_bad_sample not in POLICIES:
+        raise MMFuseError(f"data.on_bad_sample={on_bad_sample!r}: expected one of {POLICIES}")
+    if verify_images not in VERIFY_MODES:
+        raise MMFuseError(f"data.verify_images={verify_images!r}: expected one of {VERIFY_MODES}")
+
+
+def sniff(head: bytes) -> str | None:
+    for signature, kind in _SIGNATURES.items():
+        if head.startswith(signature):
+            return kind
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+def decode_error(path: Path) -> str | None:
+    """None if torchvision decodes ``path``, else why not."""
+    from mmfuse.data.images import decode_file
+
+    try:
+        decode_file(path)
+    except Exception as e:  # torchvision raises RuntimeError with the decoder's message
+        return f"cannot be decoded ({str(e).splitlines()[-1].strip()[:120]})"
+    return None
+
+
+def check_image_file(path: str | Path, mode: str = "quick") -> str | None:
+    """Why ``path`` is not a usable image (see the module docstring for ``mode``), or None if it is."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if not path.is_file():
+            return "not a file"
+        if mode == "none":
+            return None
+        if size == 0:
+            return "empty image file"
+        with open(path, "rb") as f:
+            head = f.read(16)
+            f.seek(max(0, size - TAIL_BYTES))
+            tail = f.read()
+    except FileNotFoundError:
+        return "missing image file"
+    except OSError as e:
+        return f"unreadable image file ({e.strerror or type(e).__name__})"
+    kind = sniff(head)
+    if kind is None:
+        return "not an image (unknown file signature; expected JPEG, PNG, GIF or WebP)"
+    suspect = (kind == "jpeg" and b"\xff\xd9" not in tail) or (kind == "png" and b"IEND" not in tail)
+    if suspect or mode == "decode":
+        reason = decode_error(path)
+        if reason and suspect:
+            return f"truncated {kind.upper()} file ({reason})"
+        return reason
+    return None
+
+
+def check_images(paths: Sequence[Path], mode: str = "quick", workers: int | None = None) -> dict[int, str]:
+    """``{index: reason}`` for every unusable file among ``paths`` (in parallel threads)."""
+    if not paths:
+        return {}
+    workers = workers or min(16, (os.cpu_count() or 1) * 4)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        reasons = list(pool.map(lambda p: check_image_file(p, mode), paths, chunksize=64))
+    return {i: r for i, r in enumerate(reasons) if r is not None}
+
+
+def read_json(path: str | Path, what: str) -> Any:
+    """The parsed JSON file ``path``; a missing or malformed file is an ``MMFuseError`` naming it."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise MMFuseError(f"{path} not found ({what}). Fix: check data.root and the file names "
+                          "(README: Real data and pretrained encoders).")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise MMFuseError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); "
+                          f"expected {what}.") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise MMFuseError(f"{path}: cannot be read ({type(e).__name__}: {e}).") from None
+
+
+def require_keys(obj: Any, keys: Iterable[str], source: str | Path, what: str) -> None:
+    """``obj`` must be a mapping with ``keys`` (the top level of an annotation file)."""
+    keys = list(keys)
+    if not isinstance(obj, Mapping):
+        raise MMFuseError(f"{source}: expected a JSON object with the keys {keys} ({what}), found a "
+                          f"{type(obj).__name__}. Fix: point the data config at the right file.")
+    missing = [k for k in keys if k not in obj]
+    if missing:
+        found = sorted(obj)[:10]
+        raise MMFuseError(f"{source}: missing the key(s) {missing} ({what}); its keys are {found}. "
+                          "Fix: point the data config at the right file.")
+
+
+@dataclass(frozen=True)
+class BadRecord:
+    reason: str
+    record: str  # which record: "image id 42 (val2017/000000000042.jpg)", "line 7", ...
+
+
+class BadRecords:
+    """Collects the bad records of one split and applies the ``on_bad_sample`` policy."""
+
+    def __init__(self, dataset: str, split: str, sources: Sequence[str | Path]) -> None:
+        self.dataset = dataset
+        self.split = split
+        self.sources = [str(s) for s in sources]
+        self.records: list[BadRecord] = []
+
+    def add(self, reason: str, record: str) -> None:
+        self.records.append(BadRecord(reason, record))
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def lines(self, n: int = SHOW) -> list[str]:
+        return [f"{r.record}: {r.reason}" for r in self.records[:n]]
+
+    def resolve(self, on_bad_sample: str) -> None:
+        """Raise (``error``) or warn (``skip``) when there are bad records; nothing when there are none."""
+        if not self.records:
+            return
+        n = len(self.records)
+        where = " and ".join(self.sources)
+        listing = "\n  ".join(self.lines())
+        more = f"\n  ... and {n - SHOW} more" if n > SHOW else ""
+        if on_bad_sample == "error":
+            raise MMFuseError(
+                f"data={self.dataset}, {self.split} split: {n} bad record(s) in {where}:\n  {listing}{more}\n"
+                "Fix: repair or remove them, or set data.on_bad_sample=skip to leave them out (their count "
+                "goes into results.json)."
+            )
+        log.warning("data=%s, %s split: skipping %d bad record(s) from %s:\n  %s%s", self.dataset,
+                    self.split, n, where, listing, more)
+
+    def summary(self) -> dict[str, Any]:
+        """For ``results.json``: the count, the count per reason, and the first records."""
+        by_reason = Counter(r.reason.split(" (")[0] for r in self.records)
+        return {"count": len(self.records), "by_reason": dict(by_reason), "first": self.lines()}

@@ -1,0 +1,67 @@
+"""``task=vqa``: visual question answering as multi-label classification over an answer vocabulary.
+
+``logits = head(fusion(image, question)) ∈ R^K`` (K = ``num_answers``; late fusion: per-modality
+heads, logits added). Targets are soft scores ``t_a`` (``mmfuse.data.vqa``: ``min(#annotators who
+gave a / 3, 1)``); loss ``sum_a BCEWithLogits(logit_a, t_a)``, averaged over questions (Teney et al.
+2018, "Tips and tricks for VQA"). Metric ``vqa_acc``: the mean target score of the predicted answer
+``argmax_a logit_a`` (VQA accuracy, ``min(#humans that gave the prediction / 3, 1)``); ``loss``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MeanMetric, MetricCollection
+
+from mmfuse.errors import MMFuseError
+from mmfuse.tasks.base import STAGES, Task
+from mmfuse.tasks.heads import build_task_head
+
+
+def dense_targets(answer_ids: torch.Tensor, answer_scores: torch.Tensor, num_answers: int) -> torch.Tensor:
+    """``[B, K]`` soft targets from the padded ``answer_ids`` (-1 = none) and ``answer_scores`` ``[B, M]``."""
+    valid = answer_ids >= 0
+    if bool((answer_ids >= num_answers).any()):
+        raise MMFuseError(f"answer id {int(answer_ids.max())} >= task.num_answers={num_answers}: set "
+                          "task.num_answers to the data's data.num_answers")
+    target = torch.zeros(answer_ids.shape[0], num_answers, device=answer_scores.device)
+    return target.scatter_add_(1, answer_ids.clamp(min=0), answer_scores.float() * valid)  # padding adds 0
+
+
+def vqa_accuracy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per question: the soft score of the arg-max answer."""
+    return target.gather(1, logits.argmax(dim=1, keepdim=True)).squeeze(1)
+
+
+class VQATask(Task):
+    monitor = "val/vqa_acc"
+    monitor_mode = "max"
+
+    def __init__(self, in_dim: int, fusion_stage: str, num_answers: int = 3129, head: str = "mlp",
+                 hidden_dim: int = 512, dropout: float = 0.0, **_: Any) -> None:
+        super().__init__()
+        self.num_answers = int(num_answers)
+        self.head = build_task_head(head, in_dim, self.num_answers, fusion_stage, hidden_dim, dropout)
+        self.metrics = nn.ModuleDict({s: MetricCollection({"vqa_acc": MeanMetric(), "loss": MeanMetric()},
+                                                          compute_groups=False) for s in STAGES})
+
+    def step(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if "answer_ids" not in batch:
+            raise MMFuseError("task=vqa needs answers in the batches (data=vqa_v2)")
+        logits = self.head(model(batch)).float()
+        target = dense_targets(batch["answer_ids"], batch["answer_scores"], self.num_answers)
+        per_sample = F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(dim=1)
+        return per_sample.mean(), {"loss": per_sample.detach(), "acc": vqa_accuracy(logits.detach(), target)}
+
+    def update(self, stage: str, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> None:
+        self.metrics[stage]["vqa_acc"].update(outputs["acc"])
+        self.metrics[stage]["loss"].update(outputs["loss"])
+
+    def compute(self, stage: str) -> dict[str, torch.Tensor]:
+        return {f"{stage}/{k}": v for k, v in self.metrics[stage].compute().items()}
+
+    def reset(self, stage: str) -> None:
+        self.metrics[stage].reset()

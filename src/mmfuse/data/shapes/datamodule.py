@@ -5,13 +5,18 @@ pairs: with its true caption (label 1) and with one negative caption (label 0) w
 with probability proportional to ``negatives[type]`` (see ``negatives.py``). Scenes depend only on
 ``(seed, split, size)``; the negatives also on the weights. Rendered scenes are cached under
 ``cache_dir`` (when set) so later runs and sweep jobs skip the drawing.
+
+``curriculum`` (optional) changes the *training* negative mix over the epochs, from easy to hard: a list
+of stages ``{epochs: N, negatives: {...}}`` applied in order, then ``negatives`` for the remaining
+epochs; validation and test always use ``negatives``. It needs
+``trainer.reload_dataloaders_every_n_epochs=1`` so that each epoch gets its stage's pairs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +69,24 @@ def make_pairs(scenes: list[Scene], captions: list[Caption], weights: np.ndarray
     return image_index, texts, types
 
 
+def parse_curriculum(curriculum: Sequence[Mapping[str, Any]] | None) -> list[tuple[int, dict[str, float], np.ndarray]]:
+    """``[{epochs, negatives}, ...]`` -> ``[(epochs, negatives, weights), ...]``, checked."""
+    stages = []
+    for i, stage in enumerate(curriculum or []):
+        where = f"data.curriculum[{i}]"
+        if not isinstance(stage, Mapping) or set(stage) != {"epochs", "negatives"}:
+            raise MMFuseError(f"{where}={stage!r}: expected {{epochs: <int>, negatives: {{type: weight, ...}}}}")
+        epochs = stage["epochs"]
+        if not isinstance(epochs, int) or epochs < 1:
+            raise MMFuseError(f"{where}.epochs={epochs!r}: must be a positive integer")
+        try:
+            weights = negative_weights(stage["negatives"])
+        except MMFuseError as e:
+            raise MMFuseError(f"{where}.negatives: {e}") from None
+        stages.append((epochs, dict(stage["negatives"]), weights))
+    return stages
+
+
 class ShapesDataModule(MMFuseDataModule):
     def __init__(
         self,
@@ -74,6 +97,7 @@ class ShapesDataModule(MMFuseDataModule):
         negatives: Mapping[str, float] | None = None,
         seed: int = 0,
         cache_dir: str | None = None,
+        curriculum: Sequence[Mapping[str, Any]] | None = None,
         **loader: Any,
     ) -> None:
         super().__init__(**loader)
@@ -81,10 +105,12 @@ class ShapesDataModule(MMFuseDataModule):
         self.image_size = int(image_size)
         self.negatives = dict(negatives or {"other": 1.0, "color": 1.0, "shape": 1.0})
         self.weights = negative_weights(self.negatives)
+        self.curriculum = parse_curriculum(curriculum)
         self.seed = int(seed)
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self._rendered: dict[str, tuple[list[Scene], list[Caption], torch.Tensor]] = {}
-        self._pairs: dict[str, tuple[list[int], list[str], list[int]]] = {}
+        self._pairs: dict[tuple[str, int], tuple[list[int], list[str], list[int]]] = {}
+        self._train_stage = len(self.curriculum)  # the stage whose pairs splits["train"] holds
 
     def rendered(self, split: str) -> tuple[list[Scene], list[Caption], torch.Tensor]:
         if split not in self._rendered:
@@ -107,20 +133,55 @@ class ShapesDataModule(MMFuseDataModule):
         atomic_torch_save({"scenes": scenes, "captions": captions, "images": images}, path)
         return scenes, captions, images
 
-    def pairs(self, split: str) -> tuple[list[int], list[str], list[int]]:
-        if split not in self._pairs:
+    def stage_at(self, epoch: int) -> int:
+        """Index of the curriculum stage that trains epoch ``epoch`` (``len(curriculum)``: ``negatives``)."""
+        end = 0
+        for i, (epochs, _, _) in enumerate(self.curriculum):
+            end += epochs
+            if epoch < end:
+                return i
+        return len(self.curriculum)
+
+    def pairs(self, split: str, stage: int | None = None) -> tuple[list[int], list[str], list[int]]:
+        """The split's pairs; for ``train``, those of curriculum ``stage`` (default: the final mix)."""
+        stage = len(self.curriculum) if stage is None or split != "train" else stage
+        if (split, stage) not in self._pairs:
             scenes, captions, _ = self.rendered(split)
-            self._pairs[split] = make_pairs(scenes, captions, self.weights, self.seed, split)
-        return self._pairs[split]
+            weights = self.curriculum[stage][2] if stage < len(self.curriculum) else self.weights
+            self._pairs[split, stage] = make_pairs(scenes, captions, weights, self.seed, split)
+        return self._pairs[split, stage]
 
     def train_texts(self) -> list[str]:
         return self.pairs("train")[1]
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.curriculum and not self.splits:
+            self._train_stage = self.stage_at(self._current_epoch())
+        super().setup(stage)
+
+    def _current_epoch(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return int(trainer.current_epoch) if trainer is not None else 0
+
+    def train_dataloader(self) -> Any:
+        if self.curriculum:
+            trainer = getattr(self, "trainer", None)
+            if trainer is not None and trainer.reload_dataloaders_every_n_epochs != 1:
+                raise MMFuseError(
+                    "data.curriculum changes the training pairs every epoch: set "
+                    "trainer.reload_dataloaders_every_n_epochs=1 (the fusion_zoo experiments do)"
+                )
+            stage = self.stage_at(self._current_epoch())
+            if stage != self._train_stage:
+                self._train_stage = stage
+                self.splits["train"] = self.build_split("train")
+        return super().train_dataloader()
 
     def build_split(self, name: str) -> PairDataset | None:
         if self.sizes[name] == 0:
             return None
         _, _, images = self.rendered(name)
-        image_index, texts, types = self.pairs(name)
+        image_index, texts, types = self.pairs(name, self._train_stage if name == "train" else None)
         distinct, text_index = unique_texts(texts)
         types_t = torch.tensor(types, dtype=torch.long)
         return PairDataset(
@@ -134,6 +195,8 @@ class ShapesDataModule(MMFuseDataModule):
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"negatives": self.negatives}
+        if self.curriculum:
+            out["curriculum"] = [{"epochs": e, "negatives": n} for e, n, _ in self.curriculum]
         for name in SPLIT_IDS:
             if self.sizes[name]:
                 types = self.pairs(name)[2]

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FAST, ROOT, run_cli
+from conftest import FAST, ROOT, needs_shared, run_cli
 from mmfuse.builder import build_datamodule, build_module
 from mmfuse.encoders.transforms import ImageTransform
 from mmfuse.errors import MMFuseError
@@ -282,6 +282,21 @@ def test_metrics_identical_with_and_without_the_cache(make_cfg, tmp_path):
     saved = json.loads((Path(hit["run_dir"]) / "results.json").read_text())
     assert saved["encoded_samples"] == {"image": 0, "text": 0}
     assert {v["status"] for sides in saved["feature_cache"].values() for v in sides.values()} == {"hit"}
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_building_the_cache_leaves_the_random_negatives_of_training_unchanged(make_cfg, tmp_path):
+    """COCO pairs are positives; ITM draws in-batch negatives from torch's generator while training, and
+    the images are encoded through a DataLoader (which draws a seed). Metrics must still be equal."""
+    root = needs_shared("data", "coco_mini")
+    run = ("data=coco_captions", f"data.root={root}", "data.num_train=16", "data.num_val=16", "data.num_workers=0",
+           "data.batch_size=8", "data.image_size=32", "encoder.image.freeze=true", "encoder.text.freeze=true",
+           "trainer.max_epochs=2", "test=false", "callbacks.progress_bar=null", f"cache.dir={tmp_path / 'features'}")
+    off = train(make_cfg(*run, "cache=off", subdir="off"))
+    built = train(make_cfg(*run, subdir="built"))
+    assert {v["status"] for s in built["feature_cache"].values() for v in s.values()} == {"built"}
+    assert built["metrics"] == pytest.approx(off["metrics"], abs=1e-6, rel=0)
 
 
 @pytest.mark.slow

@@ -5,9 +5,10 @@ another is injected here: the fusion gets the encoders' widths, the task the fus
 the datamodule the encoders' preprocessing and the feature cache (``conf/cache``).
 
 A trainer config may carry mmfuse's speed options besides Lightning ``Trainer`` arguments (see
-``conf/trainer/gpu.yaml``): ``channels_last`` (CNN image encoders run in NHWC memory format),
-``compile`` (``false``, ``true`` or a ``torch.compile`` mode: encoders, fusion and head are compiled in
-place, so checkpoints keep their keys) and ``float32_matmul_precision`` (``highest | high | medium``).
+``conf/trainer/gpu.yaml``): ``channels_last`` (CNN image encoders, weights and inputs, in NHWC),
+``compile`` (``false``, ``true``, a ``torch.compile`` mode or a mapping of its arguments: encoders,
+fusion and the task's head are compiled in place with ``nn.Module.compile``, so checkpoints keep
+their keys) and ``float32_matmul_precision`` (``highest | high | medium``).
 """
 
 from __future__ import annotations
@@ -71,16 +72,23 @@ def apply_speed_options(module: MMFuseModule, trainer_cfg: Any) -> None:
     channels_last = trainer_cfg.get("channels_last", False)
     if channels_last not in (True, False):
         raise MMFuseError(f"trainer.channels_last={channels_last!r}: expected true or false")
-    if channels_last and any(isinstance(m, torch.nn.Conv2d) for m in model.image_encoder.modules()):
+    convolutions = sum(isinstance(m, torch.nn.Conv2d) for m in model.image_encoder.modules())
+    if channels_last and convolutions > 1:  # a CNN (a ViT's one patch-embedding convolution is not)
         model.image_encoder.to(memory_format=torch.channels_last)
         model.image_memory_format = torch.channels_last
     mode = trainer_cfg.get("compile", False)
     if mode is False or mode is None:
         return
-    if mode is not True and mode not in COMPILE_MODES:
-        raise MMFuseError(f"trainer.compile={mode!r}: expected false, true or a torch.compile mode {COMPILE_MODES}")
-    for part in (model.image_encoder, model.text_encoder, model.fusion, module.task):
-        part.compile(**({} if mode is True else {"mode": mode}))
+    if OmegaConf.is_config(mode) or isinstance(mode, dict):
+        kwargs = OmegaConf.to_container(mode) if OmegaConf.is_config(mode) else dict(mode)
+    elif mode is True or mode in COMPILE_MODES:
+        kwargs = {} if mode is True else {"mode": mode}
+    else:
+        raise MMFuseError(f"trainer.compile={mode!r}: expected false, true, a torch.compile mode {COMPILE_MODES} "
+                          "or a mapping of torch.compile arguments, e.g. trainer.compile={backend:eager}")
+    for part in (model.image_encoder, model.text_encoder, model.fusion, getattr(module.task, "head", None)):
+        if part is not None:
+            part.compile(**kwargs)
 
 
 def build_feature_cache(cfg: DictConfig, model: FusionModel) -> FeatureCache | None:

@@ -18,8 +18,8 @@ class FusionModel(nn.Module):
 
     A batch may carry precomputed encoder outputs instead (``image_features`` / ``text_features``, as
     ``EncoderOutput``), as the feature cache provides; then that encoder is not run, and floating
-    features are cast to the dtype of the model's parameters (the cache may store float16). A fully
-    frozen encoder runs under ``torch.no_grad()``. ``encoded_samples`` counts the samples each encoder
+    features are cast to the default dtype (the cache may store float16). A fully frozen encoder
+    runs under ``torch.no_grad()``. ``encoded_samples`` counts the samples each encoder
     has encoded (the feature cache encodes through ``encode_image`` / ``encode_text`` too).
     ``image_memory_format`` (``torch.channels_last`` for CNNs on a GPU) is applied to the images
     before the image encoder.
@@ -51,7 +51,7 @@ class FusionModel(nn.Module):
             return self.text_encoder(batch["input_ids"], batch["attention_mask"])
 
     def _cast(self, features: EncoderOutput) -> EncoderOutput:
-        dtype = next((p.dtype for p in self.parameters() if p.is_floating_point()), torch.float32)
+        dtype = torch.get_default_dtype()  # float32, or the dtype Lightning's "16-true" / "bf16-true" set
         return EncoderOutput(*(t.to(dtype) if t.is_floating_point() else t for t in features))
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor | LateOutput:

@@ -16,6 +16,10 @@ and the entry encoded, verified and published atomically. Two jobs that need the
 same time therefore encode it once; the other waits and reads. An entry that fails its check (missing
 file, size or sha256 different from the manifest) is rebuilt with a warning.
 
+Encoding runs inside ``torch.random.fork_rng``: building the cache draws no random numbers from the
+streams training uses, so a run that builds the cache, one that reads it and one without it see the
+same negatives, dropout masks and worker seeds.
+
 ``report``: per split and side, the key, the entry path and what happened (``hit``, ``built``,
 ``rebuilt``), for ``results.json``. The samples each encoder encoded are counted by ``FusionModel``.
 """
@@ -108,6 +112,13 @@ class FeatureCache:
         if not self.settings.enabled or not sides:
             return splits
         device, regime, autocast = _regime(trainer)
+        # encoding must not move the random streams training draws from (negatives, dropout, worker
+        # seeds): with and without the cache, training sees the same random numbers
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            return self._wrap(splits, sides, device, regime, autocast)
+
+    def _wrap(self, splits: dict[str, Dataset | None], sides: list[str], device: torch.device, regime: str,
+              autocast: Any) -> dict[str, Dataset | None]:
         out: dict[str, Dataset | None] = {}
         for name, dataset in splits.items():
             if not isinstance(dataset, PairDataset):
@@ -189,11 +200,12 @@ class FeatureCache:
         name = type(encoder).__name__
         if side == "image":
             store = dataset.images
-            decode = s.decode == "auto" and device.type == "cuda" and hasattr(store, "read_bytes") \
+            decode = s.decode == "auto" and device.type == "cuda" and enc.has_file_bytes(store) \
                 and enc.decode_on(device, dataset.transform)
             batches = enc.image_batches(store, dataset.transform, s.batch_size, s.num_workers or 0, device, decode)
             info = enc.encode_into(writer, batches, lambda x: self.model.encode_image({"image": x}), len(store),
                                    tokens, dtype, f"encoding {split} images ({name})", autocast=autocast())
+            info["decoded_on"] = device.type if decode else "cpu"
         else:
             text = dataset.text
             batches = enc.text_batches(text, s.batch_size, device)

@@ -2,8 +2,9 @@
 
 Images come in store order, in batches, from whichever the store offers:
 - ``load_many(indices)`` (images in memory): batches gathered in-process, transformed on the CPU;
-- ``read_bytes(i)`` (encoded JPEG files) with ``decode_on_device``: DataLoader workers read the
-  bytes, ``torchvision.io.decode_jpeg`` decodes the whole batch on the GPU and the transform runs there;
+- ``read_bytes(i)`` or ``paths`` (image files) with ``decode_on_device``: DataLoader workers read the
+  files, ``torchvision.io.decode_jpeg`` decodes the batch's JPEGs on the GPU in one call and the
+  transform runs there (other formats are decoded by the workers);
 - ``load(i)``: DataLoader workers decode and transform, batches are pinned for the copy to a GPU.
 Texts are encoded in order of length (so that a batch pads little) and written back to their rows.
 
@@ -46,20 +47,34 @@ class _Transformed(Dataset):
         return self.transform(self.store.load(i))
 
 
-class _Bytes(Dataset):
+class _Encoded(Dataset):
+    """Item ``i``: ``("jpeg", file bytes)`` for a JPEG file, else ``("pixels", decoded uint8 [3, H, W])``."""
+
     def __init__(self, store: Any) -> None:
         self.store = store
 
     def __len__(self) -> int:
         return len(self.store)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        data = self.store.read_bytes(i)
-        return data if isinstance(data, torch.Tensor) else torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    def __getitem__(self, i: int) -> tuple[str, torch.Tensor]:
+        if hasattr(self.store, "read_bytes"):
+            data = self.store.read_bytes(i)
+            data = data if isinstance(data, torch.Tensor) else torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        else:
+            from torchvision.io import read_file
+
+            data = read_file(str(self.store.paths[i]))
+        if len(data) > 2 and int(data[0]) == 0xFF and int(data[1]) == 0xD8:
+            return "jpeg", data
+        return "pixels", self.store.load(i)
 
 
-def _keep_list(items: list[torch.Tensor]) -> list[torch.Tensor]:
+def _keep_list(items: list[Any]) -> list[Any]:
     return items
+
+
+def has_file_bytes(store: Any) -> bool:
+    return hasattr(store, "read_bytes") or hasattr(store, "paths")
 
 
 def decode_on(device: torch.device, transform: Callable[[torch.Tensor], torch.Tensor]) -> bool:
@@ -81,16 +96,17 @@ def image_batches(store: Any, transform: Callable[[torch.Tensor], torch.Tensor],
             yield rows, transform(store.load_many(torch.from_numpy(rows))).to(device, non_blocking=True)
         return
     pin = device.type == "cuda"
-    if decode_on_device and hasattr(store, "read_bytes"):
+    if decode_on_device and has_file_bytes(store):
         from torchvision.io import ImageReadMode, decode_jpeg
 
-        loader = DataLoader(_Bytes(store), batch_size=batch_size, num_workers=num_workers, collate_fn=_keep_list)
+        loader = DataLoader(_Encoded(store), batch_size=batch_size, num_workers=num_workers, collate_fn=_keep_list)
         start = 0
-        for encoded in loader:
-            decoded = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
-            images = torch.stack([transform(img) for img in decoded])
-            yield np.arange(start, start + len(encoded)), images
-            start += len(encoded)
+        for items in loader:
+            jpegs = [data for kind, data in items if kind == "jpeg"]
+            decoded = iter(decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device) if jpegs else [])
+            images = [next(decoded) if kind == "jpeg" else data.to(device) for kind, data in items]
+            yield np.arange(start, start + len(items)), torch.stack([transform(img) for img in images])
+            start += len(items)
         return
     loader = DataLoader(_Transformed(store, transform), batch_size=batch_size, num_workers=num_workers, pin_memory=pin)
     start = 0

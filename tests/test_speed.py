@@ -1,0 +1,107 @@
+"""The GPU fast path, checked on the CPU: trainer=gpu composes, its speed options reach the model
+(channels_last, torch.compile, pinned memory), a run with them trains, and JPEGs decoded through the
+device path equal the CPU decoder's output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import FAST, needs_shared
+from mmfuse.builder import SPEED_KEYS, apply_speed_options, build_module, build_trainer
+from mmfuse.data.images import ImageFiles
+from mmfuse.datamodule import MMFuseDataModule
+from mmfuse.errors import MMFuseError
+from mmfuse.features.encode import image_batches
+from mmfuse.model import FusionModel
+from mmfuse.train import train
+from mmfuse.types import EncoderOutput
+
+ON_CPU = ("trainer=gpu", "trainer.accelerator=cpu")
+
+
+def test_gpu_trainer_has_the_fast_path_and_its_options_are_not_trainer_arguments(make_cfg):
+    cfg = make_cfg("trainer=gpu")
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.benchmark is True
+    assert cfg.trainer.channels_last is True and cfg.trainer.compile is False
+    assert cfg.data.pin_memory == "auto"
+    cfg = make_cfg(*ON_CPU)
+    module = build_module(cfg)
+    trainer = build_trainer(cfg, module.task)  # would raise on an unknown Trainer argument
+    assert trainer.precision == "bf16-mixed" and not set(SPEED_KEYS) & set(vars(trainer))
+
+
+def test_channels_last_applies_to_convolutional_image_encoders_only(make_cfg):
+    cfg = make_cfg(*ON_CPU, "encoder.image=resnet18", "encoder.image.pretrained=false")
+    model = build_module(cfg).model
+    conv = model.image_encoder.body[0]
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and conv.weight.shape[-1] > 1
+    assert model.image_memory_format is torch.channels_last
+    seen = []
+    model.image_encoder.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    model.encode_image({"image": torch.zeros(2, 3, 32, 32)})
+    assert seen[0].is_contiguous(memory_format=torch.channels_last)
+
+    cfg = make_cfg(*ON_CPU, "encoder.image=vit_b_16", "encoder.image.pretrained=false", subdir="vit")
+    assert build_module(cfg).model.image_memory_format is torch.contiguous_format
+
+
+@pytest.mark.slow
+def test_a_run_on_the_fast_path_trains_and_its_checkpoint_keeps_plain_keys(make_cfg):
+    cfg = make_cfg(*FAST, *ON_CPU, "trainer.compile={backend:eager}", "encoder.image=resnet18",
+                   "encoder.image.pretrained=false", "data.image_size=32", "test=false")
+    results = train(cfg)
+    assert results["status"] == "completed" and 0.0 < results["metrics"]["val/loss"] < 5.0
+    ckpt = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=False)
+    plain = build_module(cfg)  # compiled too, but nn.Module.compile keeps the state dict keys
+    assert plain.model.fusion._compiled_call_impl is not None
+    assert set(ckpt["state_dict"]) == set(plain.state_dict()) and not any("_orig_mod" in k for k in ckpt["state_dict"])
+    assert ckpt["state_dict"]["model.image_encoder.body.0.weight"].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_bad_speed_options_name_the_field(make_cfg):
+    module = build_module(make_cfg(*FAST))
+    with pytest.raises(MMFuseError, match="trainer.compile='fastest'"):
+        apply_speed_options(module, {"compile": "fastest"})
+    with pytest.raises(MMFuseError, match="trainer.channels_last='yes'"):
+        apply_speed_options(module, {"channels_last": "yes"})
+
+
+def test_pin_memory_auto_pins_only_for_a_cuda_trainer():
+    dm = MMFuseDataModule(pin_memory="auto")
+    assert dm._pin() is False  # no trainer
+    dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cuda", 0)))
+    assert dm._pin() is True
+    dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cpu")))
+    assert dm._pin() is False
+    assert MMFuseDataModule(pin_memory=True)._pin() is True
+    with pytest.raises(MMFuseError, match="data.pin_memory='yes'"):
+        MMFuseDataModule(pin_memory="yes")
+
+
+def test_cached_float16_features_reach_the_fusion_as_float32():
+    model = FusionModel(torch.nn.Identity(), torch.nn.Identity(), torch.nn.Identity())
+    out = model.encode_image({"image_features": EncoderOutput(torch.ones(2, 3, dtype=torch.float16),
+                                                              torch.ones(2, 1, 3, dtype=torch.float16),
+                                                              torch.ones(2, 1, dtype=torch.bool))})
+    assert out.pooled.dtype == out.tokens.dtype == torch.float32 and out.mask.dtype == torch.bool
+    assert model.encoded_samples == {"image": 0, "text": 0}
+
+
+def test_the_device_decode_path_gives_the_cpu_decoders_pixels():
+    folder = needs_shared("data", "coco_mini", "val2017")
+    store = ImageFiles(sorted(folder.glob("*.jpg"))[:6])
+
+    def transform(x: torch.Tensor) -> torch.Tensor:  # works on any device, fixed output size
+        return torch.nn.functional.interpolate(x[None].float(), size=(48, 48), mode="bilinear")[0] / 255
+
+    device = [(rows, x) for rows, x in image_batches(store, transform, 4, 0, torch.device("cpu"), True)]
+    cpu = [(rows, x) for rows, x in image_batches(store, transform, 4, 0, torch.device("cpu"), False)]
+    assert [r.tolist() for r, _ in device] == [[0, 1, 2, 3], [4, 5]]
+    for (_, a), (_, b) in zip(device, cpu):
+        assert a.shape == b.shape and torch.equal(a, b)
+    assert np.isfinite(torch.cat([x for _, x in device]).numpy()).all()

@@ -9,10 +9,11 @@
 - a path: a local state dict (or a Lightning checkpoint's ``state_dict``);
 - ``false``: random initialisation.
 
-Preprocessing (``preprocess``): ``auto`` uses the weights' own ``transforms()`` (resize, centre crop,
-ImageNet normalisation) whenever weights are loaded (a local state dict is taken to follow the
-architecture's default recipe) and a square resize to ``image_size`` with ImageNet statistics for random
-weights; ``weights`` / ``resize`` force one of the two.
+Preprocessing (``preprocess``): ``auto`` uses the loaded weights' own ``transforms()`` (resize, centre
+crop, ImageNet normalisation; for a local state dict those of the architecture's default weights) and,
+for random weights, a square resize to ``image_size`` with ImageNet statistics; a weights name (e.g.
+``IMAGENET1K_V1``, for a local copy of those weights) uses that member's ``transforms()``; ``resize``
+always resizes to ``image_size``.
 
 Offline: a missing weights file is downloaded only when the download host answers within 3 s;
 otherwise the error names the weights, the cache folder and the fixes. No hang, no retry loop.
@@ -42,7 +43,7 @@ from mmfuse.types import EncoderOutput
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-PREPROCESS = ("auto", "weights", "resize")
+PREPROCESS = ("auto", "resize")  # or a weights name
 
 
 def default_weights_dir() -> Path:
@@ -59,7 +60,7 @@ def host_reachable(url: str, timeout: float = 3.0) -> bool:
         return False
 
 
-def resolve_weights(arch: str, pretrained: bool | str | None) -> WeightsEnum | None:
+def resolve_weights(arch: str, pretrained: bool | str | None, what: str = "pretrained") -> WeightsEnum | None:
     """The weights enum member that ``pretrained`` names, or None (random weights or a local path)."""
     if pretrained is None or pretrained is False:
         return None
@@ -70,7 +71,7 @@ def resolve_weights(arch: str, pretrained: bool | str | None) -> WeightsEnum | N
     if name in ("DEFAULT", *enum.__members__) and not Path(name).exists():
         return enum[name]
     if "/" not in name and "." not in name and name.isupper():
-        raise MMFuseError(f"encoder.image.pretrained={name!r} is not a weights name of {arch}: "
+        raise MMFuseError(f"encoder.image.{what}={name!r} is not a weights name of {arch}: "
                           f"known: {sorted(enum.__members__)}; or give true, false or a state dict path")
     return None
 
@@ -114,16 +115,16 @@ class TorchvisionImageEncoder(Encoder):
         super().__init__(freeze=freeze, trainable_last=trainable_last)
         if arch not in torchvision.models.list_models(module=torchvision.models):
             raise MMFuseError(f"encoder.image.arch={arch!r} is not a torchvision classification model")
-        if preprocess not in PREPROCESS:
-            raise MMFuseError(f"encoder.image.preprocess={preprocess!r}: expected one of {PREPROCESS}")
         self.arch = arch
         weights = resolve_weights(arch, pretrained)
         local = pretrained not in (None, False, True) and weights is None
         recipe = weights or (torchvision.models.get_model_weights(arch).DEFAULT if local else None)
-        use_recipe = recipe is not None and preprocess != "resize"
-        if preprocess == "weights" and recipe is None:
-            recipe, use_recipe = torchvision.models.get_model_weights(arch).DEFAULT, True
-        if use_recipe:
+        if preprocess not in PREPROCESS:
+            recipe = resolve_weights(arch, preprocess, "preprocess")
+            if recipe is None:
+                raise MMFuseError(f"encoder.image.preprocess={preprocess!r}: expected auto, resize or a weights "
+                                  f"name of {arch} ({sorted(torchvision.models.get_model_weights(arch).__members__)})")
+        if recipe is not None and preprocess != "resize":
             self.transform = recipe.transforms()
             self.input_size = int(self.transform.crop_size[0])
         else:

@@ -64,7 +64,8 @@ def test_eval_rebuilds_the_model_from_the_checkpoint_alone(make_cfg):
     assert json.loads((Path(ecfg.paths.output_dir) / "results.json").read_text())["kind"] == "eval"
     # other data of the same kind: same model, another set of scenes
     other = evaluate(make_cfg(f"ckpt_path={ckpt}", "data.seed=5", subdir="eval2", config_name="eval"))
-    assert other["metrics"]["val/acc"] != trained["metrics"]["val/acc"]
+    # (the loss: after 8 steps the model's accuracy can sit at the same count on both sets)
+    assert other["metrics"]["val/loss"] != trained["metrics"]["val/loss"]
     assert other["data"]["val"]["images"] == 200  # data.num_val=200 inherited from training
 
 

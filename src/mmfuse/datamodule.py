@@ -18,6 +18,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from mmfuse.data.samplers import EvalShard, ResumableLoader, TrainOrder
 from mmfuse.errors import MMFuseError
 
 SPLITS = ("train", "val", "test")
@@ -79,10 +80,16 @@ class MMFuseDataModule(L.LightningDataModule):
         dataset = self.splits.get(name)
         if dataset is None:
             return None
-        return DataLoader(
+        # samplers that keep a distributed run equal to one process (see mmfuse.data.samplers)
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
+        if train:
+            loader_cls, sampler = ResumableLoader, TrainOrder(dataset, self.batch_size, world, rank)
+        else:
+            loader_cls, sampler = DataLoader, EvalShard(dataset, world, rank)
+        return loader_cls(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
+            sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self._pin(),
             persistent_workers=self.persistent_workers,

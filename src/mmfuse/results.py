@@ -55,3 +55,14 @@ def read_results(run_dir: str | Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     return json.loads(path.read_text())
+
+
+def mark_failed(run_dir: str | Path, error: str, wall_time_s: float | None = None) -> dict[str, Any]:
+    """Record from outside the run (its process died) that it failed: ``status: failed`` with ``error``,
+    keeping every other field of its ``results.json`` (or starting one)."""
+    data = read_results(run_dir) or {"run_dir": str(Path(run_dir).resolve()), "metrics": {}}
+    data.update(status="failed", error=error, finished_at=utc_now())
+    if wall_time_s is not None:
+        data["wall_time_s"] = round(wall_time_s, 3)
+    atomic_write_json(data, Path(run_dir) / FILENAME)
+    return data

@@ -46,6 +46,12 @@ def is_global_zero() -> bool:
     return global_rank() == 0
 
 
+def host_info() -> dict[str, Any]:
+    """Where the run ran: host name, the GPUs it was given (``CUDA_VISIBLE_DEVICES``), SLURM job id."""
+    return {"hostname": platform.node(), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
+
+
 def versions() -> dict[str, str]:
     import lightning
     import torch

@@ -10,26 +10,22 @@ import lightning as L
 from omegaconf import DictConfig
 
 from mmfuse.builder import build_datamodule, build_module, build_trainer
-from mmfuse.errors import MMFuseError
+from mmfuse.loggers import finish_loggers, log_run_config
 from mmfuse.module import MMFuseModule
 from mmfuse.report import count_parameters, print_summary
 from mmfuse.results import RunRecord
-from mmfuse.runinfo import checkpoint_payload, group_choices, is_global_zero, task_overrides, versions
+from mmfuse.resume import checkpoint_to_resume, previous_run, report_skipped
+from mmfuse.runinfo import (
+    checkpoint_payload,
+    group_choices,
+    host_info,
+    is_global_zero,
+    task_overrides,
+    versions,
+)
 from mmfuse.validate import validate_train_config
 
 log = logging.getLogger(__name__)
-
-
-def resolve_resume(cfg: DictConfig, run_dir: Path) -> str | None:
-    """``ckpt_path``: null (fresh start), ``last`` (this run dir's ``checkpoints/last.ckpt``) or a path."""
-    ckpt = cfg.get("ckpt_path")
-    if ckpt in (None, ""):
-        return None
-    path = run_dir / "checkpoints" / "last.ckpt" if ckpt == "last" else Path(str(ckpt)).expanduser()
-    if not path.is_file():
-        raise MMFuseError(f"ckpt_path={ckpt}: {path} does not exist. Fix: give an existing checkpoint "
-                          "file, or drop ckpt_path to start from scratch")
-    return str(path)
 
 
 def final_metrics(trainer: L.Trainer, module: MMFuseModule, datamodule: Any, run_test: bool) -> dict[str, float]:
@@ -45,9 +41,16 @@ def final_metrics(trainer: L.Trainer, module: MMFuseModule, datamodule: Any, run
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train, evaluate, write ``results.json`` (rank 0). A reused run directory is skipped when its run
+    completed, resumed when not (see ``mmfuse.resume``)."""
     run_dir = Path(cfg.paths.output_dir)
+    previous = previous_run(run_dir, task_overrides())  # raises, touching nothing, if the dir holds another run
+    if previous is not None and previous.get("status") == "completed":
+        return report_skipped(run_dir, previous) if is_global_zero() else previous
     record = RunRecord(run_dir, kind="train", overrides=task_overrides(), choices=group_choices(),
-                       seed=cfg.get("seed"), versions=versions()) if is_global_zero() else None
+                       seed=cfg.get("seed"), versions=versions(), host=host_info(),
+                       attempt=(previous or {}).get("attempt", 0) + 1) if is_global_zero() else None
+    trainer = None
     try:
         validate_train_config(cfg)
         if cfg.get("seed") is not None:
@@ -55,12 +58,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         module = build_module(cfg, checkpoint_payload(cfg))
         datamodule = build_datamodule(cfg, module)
         trainer = build_trainer(cfg, module.task)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_resume(cfg, run_dir))
+        log_run_config(trainer, cfg)
+        resume_from = checkpoint_to_resume(cfg, run_dir, previous)
+        if record is not None and resume_from:
+            record.update(resumed_from=_relative(resume_from, run_dir))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
         metrics = final_metrics(trainer, module, datamodule, run_test=bool(cfg.get("test", True)))
     except BaseException as e:
+        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
         if record is not None:
-            record.finish("interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
-                          error=f"{type(e).__name__}: {e}")
+            record.finish(status, error=f"{type(e).__name__}: {e}")
+        finish_loggers(trainer, status)
         raise
     if record is None:
         return {"status": "completed", "metrics": metrics}
@@ -78,6 +86,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         encoded_samples=dict(module.model.encoded_samples),
         feature_cache=datamodule.feature_cache.report if datamodule.feature_cache is not None else None,
     )
+    finish_loggers(trainer, "completed", results)
     print_summary(results)
     return results
 

@@ -1,0 +1,268 @@
+"""Multi-process (DDP) jobs under Hydra: the job's process starts one process per rank and supervises them.
+
+Lightning's own launcher for ``strategy=ddp`` re-runs ``sys.argv`` once per extra rank. Under a Hydra
+multirun that argv is the whole sweep (``-m fusion=a,b ...``), so every extra rank starts a second
+sweep with its own timestamped directory; and the job's process, being rank 0, dies with any rank.
+
+Here, when the composed trainer would start rank processes itself (a strategy launched by Lightning's
+subprocess launcher, more than one process, no cluster environment that starts them), the Hydra job's
+process becomes a supervisor, much like ``torchrun``:
+
+- it starts ``world`` processes ``python -m mmfuse.distributed`` with ``RANK`` / ``LOCAL_RANK`` /
+  ``WORLD_SIZE`` / ``MASTER_ADDR`` / ``MASTER_PORT`` set (Lightning then joins them instead of
+  launching), and hands each the job's composed config (task and ``hydra`` nodes, pickled on stdin),
+  so the ranks run exactly this job, in this job's directory, with nothing re-composed;
+- rank 0 writes ``results.json``, checkpoints and logs; every rank logs to ``<job name>_rank<r>.log``
+  in the job directory;
+- if a rank fails, the others are killed and the job's ``results.json`` says failed, naming the rank;
+  the supervisor itself never joins the process group, so a sweep survives any rank failure, and the
+  next job starts from a clean environment.
+
+Multi-node jobs need a launcher that starts the processes on every node (``hydra/launcher=slurm``,
+``torchrun``); Lightning then detects the cluster and no supervisor is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib
+import logging
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from mmfuse.errors import MMFuseError
+from mmfuse.results import FILENAME, mark_failed, read_results
+
+log = logging.getLogger(__name__)
+
+WORKER_ENV = "MMFUSE_RANK_PROCESS"  # set in the rank processes this module starts
+RANK_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK")
+EXIT_USER_ERROR = 2
+
+
+@dataclass(frozen=True)
+class RankPlan:
+    processes: int  # rank processes to start on this machine (= world size: one node)
+
+
+def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """``cfg.trainer`` without the keys mmfuse reads itself (not ``Trainer`` arguments)."""
+    from mmfuse import builder
+
+    speed_keys = getattr(builder, "SPEED_KEYS", ())
+    return {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k not in speed_keys}
+
+
+def rank_plan(cfg: DictConfig) -> RankPlan | None:
+    """Whether this process must start the job's rank processes (None: run the job here).
+
+    Decided by Lightning itself: the trainer is built from the config (no model, loggers or callbacks)
+    and asked whether its strategy would re-run the script for extra ranks.
+    """
+    if os.environ.get(WORKER_ENV) or cfg.get("trainer") is None:
+        return None
+    kwargs = trainer_kwargs(cfg)
+    if str(kwargs.get("devices", 1)) in ("1", "[0]") and int(kwargs.get("num_nodes", 1) or 1) == 1:
+        return None  # one process: nothing to start (the common case, decided without building a Trainer)
+    from hydra.utils import instantiate
+    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    quiet = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # the ranks print Lightning's device summary themselves
+    try:
+        trainer = instantiate(kwargs, logger=False, callbacks=[], enable_checkpointing=False,
+                              enable_progress_bar=False, enable_model_summary=False)
+    finally:
+        quiet.setLevel(level)
+    strategy = trainer.strategy
+    launcher = getattr(strategy, "launcher", None)
+    if not isinstance(launcher, _SubprocessScriptLauncher) or strategy.cluster_environment.creates_processes_externally:
+        return None  # one process, ddp_spawn (in-process), or a cluster that starts the ranks (SLURM, torchrun)
+    if launcher.num_nodes > 1:
+        raise MMFuseError(
+            f"trainer.num_nodes={launcher.num_nodes}: a multi-node job needs a launcher that starts one process "
+            "per device on every node. Fix: hydra/launcher=slurm (see README, 'Multi-GPU and clusters') or torchrun"
+        )
+    return RankPlan(processes=launcher.num_processes) if launcher.num_processes > 1 else None
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """In a rank process (Linux): receive SIGKILL when the supervisor dies, so no rank is orphaned."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def rank_env(rank: int, world: int, port: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in RANK_ENV}
+    env.update({WORKER_ENV: "1", "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+                "NODE_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    return env
+
+
+def _function_path(fn: Callable[..., Any]) -> str:
+    if fn.__module__ == "__main__" or "<" in fn.__qualname__:
+        raise ValueError(f"{fn!r} must be an importable module-level function to run on every rank")
+    return f"{fn.__module__}:{fn.__qualname__}"
+
+
+def run_ranks(fn: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig, plan: RankPlan) -> dict[str, Any]:
+    """Run ``fn(cfg)`` on ``plan.processes`` ranks and return rank 0's results (``results.json``).
+
+    A failed rank kills the others; the job's ``results.json`` then says failed with the rank's error
+    (``MMFuseError`` when the rank stopped on a user error, ``RankFailed`` otherwise).
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_cfg = HydraConfig.instance().cfg
+    run_dir = Path(cfg.paths.output_dir)
+    payload = pickle.dumps({"fn": _function_path(fn), "task": cfg, "hydra": hydra_cfg})
+    world, port = plan.processes, free_port()
+    preexec = _die_with_parent if sys.platform.startswith("linux") else None
+    log.info("starting %d rank processes (logs: %s)", world, rank_log(run_dir, hydra_cfg.hydra.job.name, "<r>"))
+    t0 = time.perf_counter()
+    procs = []
+    for rank in range(world):
+        proc = subprocess.Popen([sys.executable, "-m", "mmfuse.distributed"], stdin=subprocess.PIPE,
+                                env=rank_env(rank, world, port), preexec_fn=preexec)
+        proc.stdin.write(payload)
+        proc.stdin.close()
+        procs.append(proc)
+    with _forward_sigterm(procs):
+        try:
+            failed = _wait(procs)
+        except BaseException:  # KeyboardInterrupt, or SIGTERM forwarded to the ranks
+            _stop(procs, signal.SIGKILL)
+            raise
+    results = read_results(run_dir)
+    if failed is None:
+        if results is None:
+            raise RuntimeError(f"all {world} ranks exited cleanly but {run_dir / FILENAME} is missing")
+        return results
+    rank, code = failed
+    logfile = rank_log(run_dir, hydra_cfg.hydra.job.name, rank)
+    how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+    error = f"rank {rank} of {world} {how}; its log {logfile} ends with: {last_error(logfile)}"
+    if results is None or results.get("status") != "failed":  # rank 0 did not record the failure itself
+        results = mark_failed(run_dir, error, wall_time_s=time.perf_counter() - t0)
+    if code == EXIT_USER_ERROR:
+        raise MMFuseError(results["error"].removeprefix(f"{MMFuseError.__name__}: "))
+    raise RankFailed(results["error"])
+
+
+class RankFailed(RuntimeError):
+    """A rank process of a multi-process job failed."""
+
+
+def rank_log(run_dir: Path, job_name: str, rank: int | str) -> Path:
+    return run_dir / f"{job_name}_rank{rank}.log"
+
+
+def last_error(logfile: Path) -> str:
+    """The last line of a rank's log (the exception of a traceback, or the error logged last)."""
+    try:
+        lines = [ln.strip() for ln in logfile.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "no log"
+    return lines[-1] if lines else "empty log"
+
+
+@contextlib.contextmanager
+def _forward_sigterm(procs: list[subprocess.Popen]) -> Iterator[None]:
+    """While waiting: SIGTERM (a scheduler's stop) stops the ranks, then this process as usual."""
+
+    def handler(signum: int, frame: Any) -> None:
+        _stop(procs, signal.SIGTERM)
+        raise SystemExit(128 + signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread; the ranks still die with this process (PDEATHSIG)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _wait(procs: list[subprocess.Popen]) -> tuple[int, int] | None:
+    """Wait for every rank; on the first failure kill the rest and return ``(rank, exit code)``."""
+    while True:
+        codes = [p.poll() for p in procs]
+        bad = [(r, c) for r, c in enumerate(codes) if c not in (None, 0)]
+        if bad:
+            _stop(procs, signal.SIGKILL)
+            return bad[0]
+        if all(c == 0 for c in codes):
+            return None
+        time.sleep(0.2)
+
+
+def _stop(procs: list[subprocess.Popen], sig: int) -> None:
+    for p in procs:
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                p.send_signal(sig)
+    for p in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(timeout=30)
+
+
+def worker_main() -> int:
+    """Entry of a rank process: rebuild the job's config from stdin, log to its rank file, run ``fn``."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.utils import configure_log, setup_globals
+
+    setup_globals()  # Hydra's resolvers (${hydra:...}, ${now:...}), as in the job's own process
+    # epoch metrics come from torchmetrics, already reduced across ranks: Lightning's advice to add
+    # sync_dist=True to them does not apply
+    warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test)/")
+    payload = pickle.loads(sys.stdin.buffer.read())
+    task: DictConfig = payload["task"]
+    full = copy.deepcopy(task)
+    with open_dict(full):
+        full.hydra = payload["hydra"].hydra
+    rank = int(os.environ["RANK"])
+    with read_write(full.hydra):
+        full.hydra.job.name = f"{full.hydra.job.name}_rank{rank}"
+    HydraConfig.instance().set_config(full)
+    configure_log(full.hydra.job_logging, full.hydra.verbose)
+    module, name = payload["fn"].split(":")
+    fn = getattr(importlib.import_module(module), name)
+    try:
+        fn(task)
+    except MMFuseError as e:  # the supervisor reports it (one line)
+        logging.getLogger("mmfuse").error("rank %d: %s", rank, e)
+        return EXIT_USER_ERROR
+    except BaseException:
+        logging.getLogger("mmfuse").exception("rank %d failed", rank)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main())

@@ -1,0 +1,88 @@
+"""``python -m mmfuse.compare <sweep dir> [more dirs]``: table and plot of a sweep's runs.
+
+Reads every ``results.json`` under the given directories (or, with ``--wandb ENTITY/PROJECT``, the same
+fields from the W&B API), prints a Markdown table (one row per run: the overridden keys that vary as
+columns, the metric, wall time, status; sorted by the metric, the best marked; failed runs listed with
+their error) and writes ``compare.csv``, ``compare.md`` and ``compare.png`` (the metric by fusion, one
+bar per learning rate, mean ± std over seeds when seeds were swept) to ``--out`` (default: the first
+directory). Exit code 2 with one line for a problem the user can fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mmfuse.compare.plot import plot
+from mmfuse.compare.runs import Run, collect, varying_keys
+from mmfuse.compare.table import SEED_KEY, aggregate, default_mode, has_metric, markdown, rows, write_csv
+from mmfuse.compare.wandb_source import collect_wandb
+from mmfuse.errors import MMFuseError
+
+__all__ = ["compare", "main"]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m mmfuse.compare", description=__doc__.split("\n\n")[0])
+    p.add_argument("dirs", nargs="*", help="sweep or run directories (searched for results.json)")
+    p.add_argument("--metric", help="metric to sort and plot by (default: the runs' monitored metric, e.g. val/acc)")
+    p.add_argument("--mode", choices=("max", "min"), help="best is the max or the min (default: min for losses)")
+    p.add_argument("--x", dest="x_key", help="key on the plot's x axis (default: fusion)")
+    p.add_argument("--out", help="directory for compare.csv / .md / .png (default: the first directory)")
+    p.add_argument("--kind", default="train", choices=("train", "eval"), help="which results.json to read")
+    p.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs from the W&B API instead")
+    p.add_argument("--group", help="with --wandb: only this group (a sweep's group is its directory)")
+    p.add_argument("--no-plot", action="store_true", help="skip compare.png")
+    return p.parse_args(argv)
+
+
+def compare(runs: list[Run], metric: str | None = None, mode: str | None = None, out: Path | None = None,
+            x_key: str | None = None, make_plot: bool = True, title: str = "") -> str:
+    """Write the table (and plot) for ``runs`` to ``out`` and return the Markdown table."""
+    metric = metric or next((r.monitor for r in runs if r.monitor), None) or "val/acc"
+    if not any(has_metric(r, metric) for r in runs):
+        known = sorted({k for r in runs for k in r.metrics})
+        if known:
+            raise MMFuseError(f"--metric {metric}: no completed run has it; the runs have {known}")
+    mode = mode or default_mode(metric)
+    header, table = rows(runs, metric, mode)
+    seeds_swept = SEED_KEY in varying_keys(runs)
+    aggregated = aggregate(runs, metric)
+    text = markdown(header, table, metric, mode, runs, aggregated if seeds_swept else None)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_csv(out / "compare.csv", header, table)
+        (out / "compare.md").write_text(text)
+        if make_plot and aggregated:
+            keys = [k for k in varying_keys(runs) if k != SEED_KEY]
+            x = x_key or ("fusion" if "fusion" in keys or not keys else keys[0])
+            for a in aggregated:  # the x key may be a group choice that was not overridden
+                a.group.setdefault(x, next((r.value(x) for r in runs if r.value(x) is not None), ""))
+            not_plotted = sum(not has_metric(r, metric) for r in runs)
+            plot(aggregated, x, metric, out / "compare.png", title=title, not_plotted=not_plotted)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.wandb:
+            runs = collect_wandb(args.wandb, args.group)
+            out = Path(args.out) if args.out else None
+            title = f"W&B {args.wandb}" + (f" / {args.group}" if args.group else "")
+        else:
+            if not args.dirs:
+                raise MMFuseError("give one or more sweep / run directories, or --wandb ENTITY/PROJECT")
+            runs = collect(args.dirs, kind=args.kind)
+            out = Path(args.out or args.dirs[0])
+            title = ", ".join(args.dirs)
+        text = compare(runs, args.metric, args.mode, out, args.x_key, not args.no_plot, title)
+    except MMFuseError as e:
+        print(f"mmfuse.compare: error: {e}", file=sys.stderr)
+        return 2
+    print(text, end="")
+    if out is not None:
+        written = [p for p in ("compare.csv", "compare.md", "compare.png") if (out / p).exists()]
+        print(f"\nwritten to {out}: {', '.join(written)}")
+    return 0

@@ -1,0 +1,5 @@
+import sys
+
+from mmfuse.compare import main
+
+sys.exit(main())

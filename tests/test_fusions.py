@@ -214,6 +214,34 @@ def test_composes_through_the_real_config_and_trains_one_step(make_cfg, name):
     assert all(p.grad is not None for p in model.fusion.parameters())
 
 
+VARIANTS = [
+    ("cross_attention", {"direction": "image_to_text"}),
+    ("cross_attention", {"direction": "both", "self_attention": False}),
+    ("cross_attention", {"global_token": True, "layers": 3}),
+    ("mult", {"self_layers": 0}),
+    ("mfh", {"order": 3}),
+]
+
+
+@pytest.mark.parametrize(("name", "override"), VARIANTS, ids=[f"{n}-{'-'.join(map(str, o.values()))}" for n, o in VARIANTS])
+def test_options_keep_the_contract(name, override):
+    """Non-default options: parameter formula, gradients, padding invariance, both modalities used."""
+    fusion = build(name, **override)
+    assert sum(p.numel() for p in fusion.parameters()) == fusion_class(name).expected_params(
+        DX, DY, **{**options(name), **override})
+    image, text = inputs()
+    out = fusion(image, text)
+    out.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in fusion.parameters())
+    fusion.eval()
+    perm = torch.roll(torch.arange(B), 1)
+    with torch.no_grad():
+        ref = fusion(image, text)
+        assert torch.allclose(fusion(pad(image, 3), pad(text, 4)), ref, atol=1e-5, rtol=1e-4)
+        assert not torch.isclose(fusion(image, EncoderOutput(*(t[perm] for t in text))), ref).all(1).any()
+        assert not torch.isclose(fusion(EncoderOutput(*(t[perm] for t in image)), text), ref).all(1).any()
+
+
 # -- formulas, checked by recomputation ---------------------------------------------------------------
 
 def test_mfb_is_sum_pooled_product_then_signed_sqrt_and_l2():
@@ -278,7 +306,7 @@ def test_mi_matrix_form_is_a_text_generated_linear_map():
 
 def test_cross_attention_to_a_single_image_token_copies_its_value():
     """With one image token the attention weight is 1: each layer adds ``FFN``(query + ``W_o W_v LN(x)``)."""
-    f = build("cross_attention", layers=1).eval()
+    f = build("cross_attention", layers=1, self_attention=False, global_token=False).eval()
     image, text = inputs()
     one = EncoderOutput(image.pooled, image.tokens[:, :1], image.mask[:, :1])
     block = f.stacks["text_to_image"][0]

@@ -53,39 +53,50 @@ class CrossAttentionFusion(_TokenFusion):
     ``direction=text_to_image``: ``Y⁰ = Y'``, ``Y^(l) = Cross(Y^(l−1), X')`` for ``l = 1..L`` (the image
     side stays fixed); ``z = mean_{s real} LN(Y^(L))_s ∈ R^d``.
     ``image_to_text`` swaps the roles; ``both`` runs the two stacks and concatenates (``z ∈ R^{2d}``).
-    Parameters: ``(Dx + 1) d + (Dy + 1) d + n_dir (L P_cross + 2d)``.
+    ``self_attention=true``: each layer first lets the query tokens attend to each other (ALBEF's fusion
+    encoder: self-attention, cross-attention, feed-forward), so that the words can compare what they
+    found in the image; adds ``P_sa = 4d² + 4d + 2d`` per layer.
+    ``global_token=true``: the pooled image vector joins the image tokens, ``X' = [x; X] W_x`` (ViLBERT's
+    IMG token), so "is this colour anywhere" is one attention step away.
+    Parameters: ``(Dx + 1) d + (Dy + 1) d + n_dir (L (P_cross + [self_attention] P_sa) + 2d)``.
     """
 
     stage = "mid"
 
     def __init__(self, image_dim: int, text_dim: int, dim: int = 64, heads: int = 4, layers: int = 2,
-                 ff_mult: int = 2, direction: str = "text_to_image", dropout: float = 0.0) -> None:
+                 ff_mult: int = 2, direction: str = "text_to_image", self_attention: bool = True,
+                 global_token: bool = False, dropout: float = 0.0) -> None:
         super().__init__(image_dim, text_dim, dim, heads, layers, ff_mult)
         if direction not in DIRECTIONS:
             raise MMFuseError(f"fusion.direction={direction!r} (cross_attention): expected one of {DIRECTIONS}")
-        self.direction = direction
+        self.direction, self.global_token = direction, bool(global_token)
         self.directions = ("text_to_image", "image_to_text") if direction == "both" else (direction,)
         self.stacks = nn.ModuleDict({
-            d: nn.ModuleList(CrossBlock(dim, heads, self.ff, dropout) for _ in range(layers)) for d in self.directions
+            d: nn.ModuleList(CrossBlock(dim, heads, self.ff, dropout, bool(self_attention)) for _ in range(layers))
+            for d in self.directions
         })
         self.norms = nn.ModuleDict({d: nn.LayerNorm(dim) for d in self.directions})
         self.out_dim = dim * len(self.directions)
 
     @staticmethod
     def param_formula(image_dim: int, text_dim: int, dim: int, layers: int, ff_mult: int, direction: str,
-                      **_: object) -> int:
+                      self_attention: bool, **_: object) -> int:
         n_dir = 2 if direction == "both" else 1
-        return (_TokenFusion.projection_params(image_dim, text_dim, dim)
-                + n_dir * (layers * cross_block_params(dim, ff_mult * dim) + norm_params(dim)))
+        block = cross_block_params(dim, ff_mult * dim, bool(self_attention))
+        return _TokenFusion.projection_params(image_dim, text_dim, dim) + n_dir * (layers * block + norm_params(dim))
 
     def forward(self, image: EncoderOutput, text: EncoderOutput) -> torch.Tensor:
-        x, y = self.proj_image(image.tokens), self.proj_text(text.tokens)
-        streams = {"text_to_image": (y, text.mask, x, image.mask), "image_to_text": (x, image.mask, y, text.mask)}
+        tokens, mask = image.tokens, image.mask
+        if self.global_token:
+            tokens = torch.cat([image.pooled.unsqueeze(1).to(tokens.dtype), tokens], dim=1)
+            mask = torch.cat([mask.new_ones(mask.shape[0], 1), mask], dim=1)
+        x, y = self.proj_image(tokens), self.proj_text(text.tokens)
+        streams = {"text_to_image": (y, text.mask, x, mask), "image_to_text": (x, mask, y, text.mask)}
         pooled = []
         for name in self.directions:
             q, q_mask, c, c_mask = streams[name]
             for block in self.stacks[name]:
-                q = block(q, c, c_mask)
+                q = block(q, c, c_mask, q_mask)
             pooled.append(masked_mean(self.norms[name](q), q_mask))
         return torch.cat(pooled, dim=-1)
 

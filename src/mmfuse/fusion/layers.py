@@ -32,8 +32,9 @@ def self_block_params(d: int, f: int) -> int:
     return 2 * norm_params(d) + attention_params(d) + ffn_params(d, f)
 
 
-def cross_block_params(d: int, f: int) -> int:
-    return 3 * norm_params(d) + attention_params(d) + ffn_params(d, f)
+def cross_block_params(d: int, f: int, self_attention: bool = False) -> int:
+    own = norm_params(d) + attention_params(d) if self_attention else 0
+    return own + 3 * norm_params(d) + attention_params(d) + ffn_params(d, f)
 
 
 def check_heads(dim: int, heads: int) -> None:
@@ -62,15 +63,29 @@ class SelfBlock(nn.Module):
 
 
 class CrossBlock(nn.Module):
-    """``q ← q + MHA(LN_q q, LN_kv c, LN_kv c; mask_c)``, ``q ← q + FFN(LN q)``: ``q`` attends to ``c``."""
+    """``q ← q + MHA(LN_q q, LN_kv c, LN_kv c; mask_c)``, ``q ← q + FFN(LN q)``: ``q`` attends to ``c``.
 
-    def __init__(self, d: int, heads: int, f: int, dropout: float = 0.0) -> None:
+    ``self_attention=True`` (a BERT layer with cross-attention, as in ALBEF's fusion encoder) first
+    lets the queries attend to each other: ``q ← q + MHA(LN q, LN q, LN q; mask_q)``.
+    """
+
+    def __init__(self, d: int, heads: int, f: int, dropout: float = 0.0, self_attention: bool = False) -> None:
         super().__init__()
+        if self_attention:
+            self.norm_self = nn.LayerNorm(d)
+            self.self_attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
+        self.self_attention = self_attention
         self.norm_q, self.norm_kv, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
         self.attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
         self.ffn = FeedForward(d, f, dropout)
 
-    def forward(self, q: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, q: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor,
+                q_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.self_attention:
+            if q_mask is None:
+                raise ValueError("CrossBlock(self_attention=True) needs the queries' mask")
+            h = self.norm_self(q)
+            q = q + self.self_attn(h, h, h, key_padding_mask=~q_mask, need_weights=False)[0]
         kv = self.norm_kv(context)
         q = q + self.attn(self.norm_q(q), kv, kv, key_padding_mask=~context_mask, need_weights=False)[0]
         return q + self.ffn(self.norm2(q))

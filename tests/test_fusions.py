@@ -242,6 +242,21 @@ def test_options_keep_the_contract(name, override):
         assert not torch.isclose(fusion(EncoderOutput(*(t[perm] for t in image)), text), ref).all(1).any()
 
 
+def test_the_multibench_python_list_bug_is_caught_by_the_parameter_count():
+    """MultiBench's LMF kept its factors in a Python list: never registered, never trained. The same
+    fusion built that way has fewer parameters than its formula, so the count test fails for it."""
+    from mmfuse.fusion.tensor import LowRankFusion
+
+    class ListLMF(LowRankFusion):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.factors = [torch.nn.Parameter(self.factor_image.data), torch.nn.Parameter(self.factor_text.data)]
+            del self.factor_image, self.factor_text
+
+    buggy = ListLMF(DX, DY, dim=8, rank=2)
+    assert sum(p.numel() for p in buggy.parameters()) < LowRankFusion.expected_params(DX, DY, dim=8, rank=2)
+
+
 # -- formulas, checked by recomputation ---------------------------------------------------------------
 
 def test_mfb_is_sum_pooled_product_then_signed_sqrt_and_l2():

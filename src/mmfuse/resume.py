@@ -33,6 +33,7 @@ from omegaconf import DictConfig
 from mmfuse.data.samplers import ResumableLoader
 from mmfuse.errors import MMFuseError
 from mmfuse.results import FILENAME, read_results
+from mmfuse.runinfo import is_global_zero
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +86,18 @@ def checkpoint_to_resume(cfg: DictConfig, run_dir: str | Path, previous: dict[st
     last = run_dir / "checkpoints" / "last.ckpt"
     if previous is not None and previous.get("status") != "completed" and last.is_file():
         log.warning("resuming the unfinished run in %s (status %s) from %s", run_dir, previous.get("status"), last)
+        keep_metrics_csv(run_dir, int(previous.get("attempt") or 1))
         return str(last)
     return None
+
+
+def keep_metrics_csv(run_dir: Path, attempt: int) -> None:
+    """Lightning's CSV logger deletes an existing ``metrics.csv``: keep the earlier attempt's rows as
+    ``metrics.attempt<N>.csv`` beside it."""
+    if not is_global_zero():
+        return
+    for csv_file in run_dir.glob("*/metrics.csv"):
+        csv_file.replace(csv_file.with_name(f"metrics.attempt{attempt}.csv"))
 
 
 def report_skipped(run_dir: str | Path, previous: dict[str, Any]) -> dict[str, Any]:

@@ -57,11 +57,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             L.seed_everything(int(cfg.seed), workers=True, verbose=False)
         module = build_module(cfg, checkpoint_payload(cfg))
         datamodule = build_datamodule(cfg, module)
-        trainer = build_trainer(cfg, module.task)
-        log_run_config(trainer, cfg)
         resume_from = checkpoint_to_resume(cfg, run_dir, previous)
         if record is not None and resume_from:
             record.update(resumed_from=_relative(resume_from, run_dir))
+        trainer = build_trainer(cfg, module.task)
+        log_run_config(trainer, cfg)
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
         metrics = final_metrics(trainer, module, datamodule, run_test=bool(cfg.get("test", True)))
     except BaseException as e:

@@ -3,8 +3,8 @@
 W&B (``logger=wandb``): one W&B run per job. Unless set in ``conf/logger/wandb.yaml``:
 
 - ``group``: the sweep directory (``multirun/<date>/<time>``) for sweep jobs, ``runs`` for single runs;
-- ``name``: the job's overrides (``3|fusion=add,optimizer.lr=0.001``, after the job number in a sweep),
-  else the run directory's name;
+- ``name``: in a sweep, the job number and the values of the swept keys (``3|fusion=add,optimizer.lr=0.001``);
+  else the overrides, or the run directory's name;
 - ``tags``: ``fusion:<x>``, ``image:<x>``, ``text:<x>``, ``data:<x>``, ``task:<x>`` from the config
   groups, plus the configured ones;
 - ``job_type``: ``train`` or ``eval``;
@@ -60,8 +60,24 @@ def run_identity() -> dict[str, Any]:
         group = str(sweep_dir.relative_to(outputs)) if sweep_dir.is_relative_to(outputs) else str(sweep_dir)
     name = hc.job.override_dirname or output_dir.name
     if is_multirun():
-        name = f"{hc.job.num}|{name}"
+        swept = swept_keys(hc)
+        mine = [o for o in task_overrides() if o.split("=", 1)[0].lstrip("+~") in swept]
+        name = f"{hc.job.num}|{','.join(mine) if mine else name}"
     return {"group": group, "name": name[:128], "tags": tags}
+
+
+def swept_keys(hc: Any) -> set[str]:
+    """The keys a sweep varies: its sweeper's ``params`` (Optuna) and the sweep overrides of the command
+    (``fusion=add,mul``, read from the sweep's ``multirun.yaml``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    keys = set(OmegaConf.select(hc, "sweeper.params", default=None) or {})
+    multirun = Path(hc.sweep.dir) / "multirun.yaml"
+    if multirun.is_file():
+        overrides = OmegaConf.load(multirun).hydra.overrides.task
+        keys |= {o.key_or_group.lstrip("+~") for o in OverridesParser.create().parse_overrides(list(overrides))
+                 if o.is_sweep_override()}
+    return keys
 
 
 def previous_wandb_id(save_dir: str | Path) -> str | None:

@@ -12,15 +12,26 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mmfuse.compare.plot import plot
 from mmfuse.compare.runs import Run, collect, varying_keys
-from mmfuse.compare.table import SEED_KEY, aggregate, default_mode, has_metric, markdown, rows, write_csv
+from mmfuse.compare.table import (
+    SEED_KEY,
+    Aggregate,
+    aggregate,
+    default_mode,
+    has_metric,
+    markdown,
+    rows,
+    write_csv,
+)
 from mmfuse.compare.wandb_source import collect_wandb
 from mmfuse.errors import MMFuseError
 
-__all__ = ["compare", "main"]
+__all__ = ["Comparison", "compare", "main"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -37,9 +48,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@dataclass
+class Comparison:
+    markdown: str
+    header: list[str]
+    rows: list[dict[str, Any]]
+    aggregated: list[Aggregate]
+    plotted: dict[tuple[str, str], tuple[float, float | None]] = field(default_factory=dict)
+
+
 def compare(runs: list[Run], metric: str | None = None, mode: str | None = None, out: Path | None = None,
-            x_key: str | None = None, make_plot: bool = True, title: str = "") -> str:
-    """Write the table (and plot) for ``runs`` to ``out`` and return the Markdown table."""
+            x_key: str | None = None, make_plot: bool = True, title: str = "") -> Comparison:
+    """Write the table (and plot) for ``runs`` to ``out``; return the table, aggregates and plotted bars."""
     metric = metric or next((r.monitor for r in runs if r.monitor), None) or "val/acc"
     if not any(has_metric(r, metric) for r in runs):
         known = sorted({k for r in runs for k in r.metrics})
@@ -50,6 +70,7 @@ def compare(runs: list[Run], metric: str | None = None, mode: str | None = None,
     seeds_swept = SEED_KEY in varying_keys(runs)
     aggregated = aggregate(runs, metric)
     text = markdown(header, table, metric, mode, runs, aggregated if seeds_swept else None)
+    result = Comparison(text, header, table, aggregated)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         write_csv(out / "compare.csv", header, table)
@@ -60,8 +81,8 @@ def compare(runs: list[Run], metric: str | None = None, mode: str | None = None,
             for a in aggregated:  # the x key may be a group choice that was not overridden
                 a.group.setdefault(x, next((r.value(x) for r in runs if r.value(x) is not None), ""))
             not_plotted = sum(not has_metric(r, metric) for r in runs)
-            plot(aggregated, x, metric, out / "compare.png", title=title, not_plotted=not_plotted)
-    return text
+            result.plotted = plot(aggregated, x, metric, out / "compare.png", title=title, not_plotted=not_plotted)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             runs = collect(args.dirs, kind=args.kind)
             out = Path(args.out or args.dirs[0])
             title = ", ".join(args.dirs)
-        text = compare(runs, args.metric, args.mode, out, args.x_key, not args.no_plot, title)
+        text = compare(runs, args.metric, args.mode, out, args.x_key, not args.no_plot, title).markdown
     except MMFuseError as e:
         print(f"mmfuse.compare: error: {e}", file=sys.stderr)
         return 2

@@ -9,7 +9,8 @@ from mmfuse.compare.table import Aggregate
 
 
 def plot(aggregated: list[Aggregate], x_key: str, metric: str, path: Path, title: str = "",
-         not_plotted: int = 0) -> None:
+         not_plotted: int = 0) -> dict[tuple[str, str], tuple[float, float | None]]:
+    """Draw the bars to ``path`` (PNG); returns what was drawn: ``{(x, hue): (height, error bar or None)}``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -18,6 +19,7 @@ def plot(aggregated: list[Aggregate], x_key: str, metric: str, path: Path, title
     xs = list(dict.fromkeys(a.group.get(x_key, "") for a in aggregated))
     hues = list(dict.fromkeys(_hue(a, x_key) for a in aggregated))
     width = 0.8 / max(len(hues), 1)
+    drawn: dict[tuple[str, str], tuple[float, float | None]] = {}
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(xs) * max(1, len(hues)) * 0.6 + 2), 4))
     for j, hue in enumerate(hues):
         cells = {a.group.get(x_key, ""): a for a in aggregated if _hue(a, x_key) == hue}
@@ -27,6 +29,7 @@ def plot(aggregated: list[Aggregate], x_key: str, metric: str, path: Path, title
         errs = [cells[x].std or 0.0 for x in present]
         has_err = any(cells[x].std is not None for x in present)
         ax.bar(pos, means, width, yerr=errs if has_err else None, capsize=3, label=hue or None)
+        drawn.update({(x, hue): (cells[x].mean, cells[x].std) for x in present})
     ax.set_xticks(range(len(xs)), xs)
     ax.set_xlabel(x_key)
     ax.set_ylabel(metric)
@@ -43,6 +46,7 @@ def plot(aggregated: list[Aggregate], x_key: str, metric: str, path: Path, title
     ax.set_ylim(low - pad, high + pad)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
+    return drawn
 
 
 def _hue(a: Aggregate, x_key: str) -> str:

@@ -429,3 +429,24 @@ def test_every_file_data_option_builds_batches_from_the_config(make_cfg, tmp_pat
     loss, _ = module.task.step(module.model, batch)
     assert torch.isfinite(loss)
     assert isinstance(instantiate(cfg.data), type(dm))
+
+
+@pytest.mark.slow
+def test_retrieval_metrics_under_ddp_equal_one_process(tmp_path, make_cfg):
+    """Two processes (ddp_cpu) each see half of the val pairs; the galleries are gathered, so the recalls
+    equal those of one process evaluating the same checkpoint."""
+    from conftest import run_cli
+    from mmfuse.evaluate import evaluate
+
+    root = coco_2014(tmp_path / "coco", n_train=12, n_val=10)
+    out = tmp_path / "out"
+    proc = run_cli("train.py", "trainer=ddp_cpu", "data=coco_captions", f"data.root={root}", "data.image_size=16",
+                   "data.num_workers=0", "trainer.max_epochs=1", "data.batch_size=8", "callbacks.progress_bar=null",
+                   outputs=out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (run_dir,) = [p.parent for p in out.rglob("results.json")]
+    trained = json.loads((run_dir / "results.json").read_text())["metrics"]
+    evaluated = evaluate(make_cfg(f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", config_name="eval"))["metrics"]
+    recalls = [k for k in trained if "_r" in k or k.endswith("rsum")]
+    assert len(recalls) == 7
+    assert {k: trained[k] for k in recalls} == pytest.approx({k: evaluated[k] for k in recalls})

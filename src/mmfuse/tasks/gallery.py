@@ -60,8 +60,11 @@ class Gallery(Metric):
         out = {"ids": ids[keep]}
         for name in self.fields:
             values = getattr(self, f"f_{name}")
-            if (isinstance(values, list) and values) or isinstance(values, torch.Tensor):
-                out[name] = dim_zero_cat(values)[keep]
+            if isinstance(values, list) and not values:
+                continue
+            values = dim_zero_cat(values)
+            if len(values) == len(ids):  # a field never updated comes back empty from a process sync
+                out[name] = values[keep]
         return out
 
     def items(self) -> dict[str, torch.Tensor] | None:

@@ -128,17 +128,19 @@ def test_other_weights_a_changed_transform_or_vocabulary_miss(make_cfg, tmp_path
 
     cache: FeatureCache = dm.feature_cache
     plain = type(dm).build_split(dm, "train")
-    parts = cache.key_parts("image", plain, "cpu/32-true", tokens=False)
+    cpu = f"cpu/32-true/matmul-{torch.get_float32_matmul_precision()}"
+    parts = cache.key_parts("image", plain, cpu, tokens=False)
+    assert key_of(parts) == keys(dm)["train/image"]  # what setup used (no trainer: CPU, float32)
     moved = copy.copy(plain)
     moved.transform = ImageTransform(size=32, mean=(0.5, 0.5, 0.5), std=(0.3, 0.25, 0.25))
-    assert key_of(cache.key_parts("image", moved, "cpu/32-true", tokens=False)) != key_of(parts)
-    assert key_of(cache.key_parts("image", plain, "cuda/bf16-mixed", tokens=False)) != key_of(parts)
+    assert key_of(cache.key_parts("image", moved, cpu, tokens=False)) != key_of(parts)
+    assert key_of(cache.key_parts("image", plain, "cuda/bf16-mixed/matmul-high", tokens=False)) != key_of(parts)
 
-    text_parts = cache.key_parts("text", plain, "cpu/32-true", tokens=False)
+    text_parts = cache.key_parts("text", plain, cpu, tokens=False)
     tokenizer = module.model.text_encoder.tokenizer
     tokenizer.set_vocab(tokenizer.vocab[:-1])  # same ids for this split would still be another vocabulary
     cache._encoder_identity.clear()
-    assert key_of(cache.key_parts("text", plain, "cpu/32-true", tokens=False)) != key_of(text_parts)
+    assert key_of(cache.key_parts("text", plain, cpu, tokens=False)) != key_of(text_parts)
 
 
 def test_trainable_encoders_and_cache_off_are_never_cached(make_cfg, tmp_path):
@@ -248,7 +250,7 @@ def test_two_processes_racing_for_the_same_cache_encode_it_once(tmp_path):
 
 @pytest.mark.slow
 def test_a_killed_writer_leaves_nothing_a_later_run_trusts(tmp_path):
-    proc = _worker(tmp_path, "killed", delay=1.0)
+    proc = _worker(tmp_path, "killed", delay=0.5)
     features = tmp_path / "cache" / "features"
     deadline = time.time() + 120
     while not list(features.glob("*.tmp-*/pooled.npy")) and time.time() < deadline:

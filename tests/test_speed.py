@@ -24,6 +24,14 @@ from mmfuse.types import EncoderOutput
 ON_CPU = ("trainer=gpu", "trainer.accelerator=cpu")
 
 
+@pytest.fixture(autouse=True)
+def restore_matmul_precision():
+    """trainer=gpu sets torch's global float32 matmul precision; later tests must not inherit it."""
+    before = torch.get_float32_matmul_precision()
+    yield
+    torch.set_float32_matmul_precision(before)
+
+
 def test_gpu_trainer_has_the_fast_path_and_its_options_are_not_trainer_arguments(make_cfg):
     cfg = make_cfg("trainer=gpu")
     assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.benchmark is True

@@ -7,7 +7,8 @@ skips that encoder. A trainable encoder (``freeze=false`` or ``trainable_last > 
 
 Per side and split the entry key is a hash of exactly what determines the features (see ``keys``):
 encoder code, config and weights; the transform or tokenizer; the split's images or token ids; the
-numeric regime (device type and trainer precision); whether token sequences are stored.
+numeric regime (device type, trainer precision, float32 matmul precision); whether token sequences
+are stored.
 
 Concurrency and faults (see ``storage``): a valid entry is used without locking. Otherwise the key's
 file lock is taken (``<dir>/<key>.lock``; the operating system releases it when its holder dies), the
@@ -217,11 +218,15 @@ class FeatureCache:
 
 
 def _regime(trainer: Any) -> tuple[torch.device, str, Any]:
-    """Device, a label of the numeric regime (part of the key) and the autocast context to encode in."""
+    """Device, a label of the numeric regime (part of the key) and the autocast context to encode in.
+
+    The label holds what changes the encoders' numbers: device type, trainer precision (autocast
+    dtype) and float32 matmul precision (TF32 on GPUs)."""
+    matmul = torch.get_float32_matmul_precision()
     if trainer is None:
-        return torch.device("cpu"), "cpu/32-true", contextlib.nullcontext
+        return torch.device("cpu"), f"cpu/32-true/matmul-{matmul}", contextlib.nullcontext
     device = trainer.strategy.root_device
-    return device, f"{device.type}/{trainer.precision}", trainer.precision_plugin.forward_context
+    return device, f"{device.type}/{trainer.precision}/matmul-{matmul}", trainer.precision_plugin.forward_context
 
 
 def describe_entry(path: str | Path) -> dict[str, Any]:

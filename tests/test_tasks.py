@@ -397,3 +397,48 @@ def test_classification_needs_classes_and_a_known_label_type():
     with pytest.raises(MMFuseError, match="label_type"):
         ClassificationTask(4, "mid", num_classes=3, label_type="none")
     assert math.isclose(len(list(ClassificationTask(4, "late", num_classes=3).head.children())), 2)
+
+
+class TokenModel(torch.nn.Module):
+    """Encoders pass token features through (texts of different lengths); a token-level fusion."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        from mmfuse.fusion.cross import CrossAttentionFusion
+
+        self.fusion = CrossAttentionFusion(dim, dim, dim=16, heads=2, layers=1, direction="both")
+
+    def encode_image(self, batch):
+        x = batch["image"]
+        return EncoderOutput(x.mean(1), x, torch.ones(x.shape[:2], dtype=torch.bool))
+
+    def encode_text(self, batch):
+        y, mask = batch["text"], batch["mask"]
+        length = int(mask.sum(1).max())  # padded to the batch's longest text, as a tokenizer does
+        return EncoderOutput(y[:, 0], y[:, :length], mask[:, :length])
+
+
+def test_itm_retrieval_with_a_token_fusion_equals_scoring_each_pair_alone():
+    torch.manual_seed(8)
+    text_image = coco_like(5, 3)
+    images = torch.randn(5, 4, 8)
+    lengths = torch.randint(2, 9, (15,))
+    texts = torch.randn(15, 8, 8)
+    mask = torch.arange(8)[None, :] < lengths[:, None]
+    model = TokenModel(8).eval()
+    task = ITMTask(model.fusion.out_dim, "mid").eval()
+    for s in range(0, 15, 4):  # batches whose texts have different padded lengths
+        t = torch.arange(s, min(s + 4, 15))
+        batch = {"image": images[text_image[t]], "text": texts[t], "mask": mask[t], "image_id": text_image[t],
+                 "text_id": t}
+        task.update("val", task.step(model, batch)[1], batch)
+    task.epoch_end("val", model)
+    m = {k: float(v) for k, v in task.compute("val").items()}
+    with torch.no_grad():  # every pair alone, unpadded
+        scores = torch.tensor([[float(task.head(model.fusion(
+            EncoderOutput(images[i].mean(0)[None], images[i][None], torch.ones(1, 4, dtype=torch.bool)),
+            EncoderOutput(texts[t, 0][None], texts[t, : lengths[t]][None], torch.ones(1, int(lengths[t]), dtype=torch.bool)))))
+            for t in range(15)] for i in range(5)])
+    assert len(scores.unique()) == 75  # no ties: the ranks are all determined by the scores
+    expected = recall_at_k(matrix_rows(scores), text_image, 5)
+    assert {k: m[f"val/{k}"] for k in expected} == pytest.approx(expected)

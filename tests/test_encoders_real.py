@@ -198,3 +198,23 @@ def test_hub_id_offline_fails_within_seconds_naming_the_cache(tmp_path, monkeypa
     assert "'bert-base-uncased'" in msg and str(tmp_path / "hf" / "hub") in msg and "name_or_path=<a local" in msg
     with pytest.raises(MMFuseError, match="looks like a folder"):
         HFTextEncoder("../no/such/folder")
+
+
+def test_the_reachability_probe_goes_through_the_https_proxy(monkeypatch):
+    from mmfuse.encoders.network import reachable
+
+    seen = []
+
+    def record(address, timeout=None, *args, **kwargs):
+        seen.append((address, timeout))
+        raise OSError("refused")
+
+    monkeypatch.setattr(socket, "create_connection", record)
+    for var in ("https_proxy", "HTTPS_PROXY", "no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    assert not reachable("https://download.pytorch.org/models/x.pth")
+    monkeypatch.setenv("https_proxy", "http://proxy.example:3128")
+    assert not reachable("https://download.pytorch.org/models/x.pth")
+    monkeypatch.setenv("no_proxy", "huggingface.co")
+    assert not reachable("https://huggingface.co")
+    assert seen == [(("download.pytorch.org", 443), 3.0), (("proxy.example", 3128), 3.0), (("huggingface.co", 443), 3.0)]

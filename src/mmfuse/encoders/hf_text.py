@@ -12,15 +12,14 @@ Pooled: the first token (``pooling=cls``) or the mean of the real tokens (``pool
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
 from mmfuse.encoders.base import Encoder
+from mmfuse.encoders.network import reachable
 from mmfuse.errors import MMFuseError
 from mmfuse.types import EncoderOutput
 
@@ -28,12 +27,7 @@ from mmfuse.types import EncoderOutput
 def hub_reachable(timeout: float = 3.0) -> bool:
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or os.environ.get("TRANSFORMERS_OFFLINE", "0") not in ("", "0"):
         return False
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
+    return reachable(os.environ.get("HF_ENDPOINT", "https://huggingface.co"), timeout)
 
 
 def hf_load(loader: Any, name_or_path: str, what: str) -> Any:

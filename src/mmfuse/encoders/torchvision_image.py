@@ -27,7 +27,6 @@ the ViT patch tokens after the final LayerNorm (pooled = the class token). ``tra
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -37,6 +36,7 @@ from torch import nn
 from torchvision.models import WeightsEnum
 
 from mmfuse.encoders.base import Encoder, load_local_state_dict
+from mmfuse.encoders.network import reachable as host_reachable
 from mmfuse.encoders.transforms import ImageTransform
 from mmfuse.errors import MMFuseError
 from mmfuse.types import EncoderOutput
@@ -49,15 +49,6 @@ PREPROCESS = ("auto", "resize")  # or a weights name
 def default_weights_dir() -> Path:
     """Where torchvision caches weight files: ``$TORCH_HOME/hub/checkpoints``."""
     return Path(torch.hub.get_dir()) / "checkpoints"
-
-
-def host_reachable(url: str, timeout: float = 3.0) -> bool:
-    parsed = urlparse(url)
-    try:
-        socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
 
 
 def resolve_weights(arch: str, pretrained: bool | str | None, what: str = "pretrained") -> WeightsEnum | None:

@@ -106,8 +106,7 @@ def RetrievalTask(in_dim: int, fusion_stage: str, temperature: float = 0.07, lea
     (a task built by hand, not by ``mmfuse.builder``) the ITM scorer has no dual encoder beside it and
     scores every pair."""
     if fusion_stage == "late":
-        return DualEncoderTask(in_dim, fusion_stage, temperature=temperature,
-                               learn_temperature=learn_temperature, chunk_size=min(chunk_size, 4096))
+        return DualEncoderTask(in_dim, fusion_stage, temperature=temperature, learn_temperature=learn_temperature)
     if image_dim is None or text_dim is None:
         contrastive_weight = 0.0
     return ITMRetrievalTask(in_dim, fusion_stage, head=head, hidden_dim=hidden_dim, dropout=dropout,

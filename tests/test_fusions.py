@@ -218,6 +218,7 @@ VARIANTS = [
     ("cross_attention", {"direction": "image_to_text"}),
     ("cross_attention", {"direction": "both", "self_attention": False}),
     ("cross_attention", {"global_token": True, "layers": 3}),
+    ("cross_attention", {"readout": "bilinear", "direction": "both"}),
     ("mult", {"self_layers": 0}),
     ("mfh", {"order": 3}),
 ]
@@ -342,6 +343,7 @@ def test_cross_attention_to_a_single_image_token_copies_its_value():
     ("cross_attention", {"direction": "sideways"}, "fusion.direction"),
     ("block", {"mm_dim": 30, "chunks": 8}, "divisible by fusion.chunks"),
     ("mi", {"form": "tensor"}, "fusion.form"),
+    ("cross_attention", {"readout": "max"}, "fusion.readout"),
     ("mfb", {"factor": 0}, "fusion.factor=0"),
 ])
 def test_bad_options_fail_with_a_message_naming_the_field(name, override, message):

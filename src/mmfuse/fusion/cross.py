@@ -27,6 +27,7 @@ from mmfuse.fusion.layers import (
 from mmfuse.types import EncoderOutput
 
 DIRECTIONS = ("text_to_image", "image_to_text", "both")
+READOUTS = ("mean", "bilinear")
 
 
 class _TokenFusion(Fusion):
@@ -58,17 +59,24 @@ class CrossAttentionFusion(_TokenFusion):
     found in the image; adds ``P_sa = 4d² + 4d + 2d`` per layer.
     ``global_token=true``: the pooled image vector joins the image tokens, ``X' = [x; X] W_x`` (ViLBERT's
     IMG token), so "is this colour anywhere" is one attention step away.
-    Parameters: ``(Dx + 1) d + (Dy + 1) d + n_dir (L (P_cross + [self_attention] P_sa) + 2d)``.
+    ``readout=bilinear``: instead of the mean, each word is compared multiplicatively with what it
+    gathered from the image, ``z = mean_s tanh(P Y⁰_s) ⊙ tanh(Q LN(Y^(L))_s)`` (an MLB per token, as in
+    bilinear attention networks); adds ``2 (d + 1) d`` per direction.
+    Parameters: ``(Dx + 1) d + (Dy + 1) d + n_dir (L (P_cross + [self_attention] P_sa) + 2d
+    + [bilinear] 2 (d + 1) d)``.
     """
 
     stage = "mid"
 
     def __init__(self, image_dim: int, text_dim: int, dim: int = 64, heads: int = 4, layers: int = 2,
                  ff_mult: int = 2, direction: str = "text_to_image", self_attention: bool = True,
-                 global_token: bool = False, dropout: float = 0.0) -> None:
+                 global_token: bool = False, readout: str = "mean", dropout: float = 0.0) -> None:
         super().__init__(image_dim, text_dim, dim, heads, layers, ff_mult)
         if direction not in DIRECTIONS:
             raise MMFuseError(f"fusion.direction={direction!r} (cross_attention): expected one of {DIRECTIONS}")
+        if readout not in READOUTS:
+            raise MMFuseError(f"fusion.readout={readout!r} (cross_attention): expected one of {READOUTS}")
+        self.readout = readout
         self.direction, self.global_token = direction, bool(global_token)
         self.directions = ("text_to_image", "image_to_text") if direction == "both" else (direction,)
         self.stacks = nn.ModuleDict({
@@ -76,14 +84,19 @@ class CrossAttentionFusion(_TokenFusion):
             for d in self.directions
         })
         self.norms = nn.ModuleDict({d: nn.LayerNorm(dim) for d in self.directions})
+        if readout == "bilinear":
+            self.before = nn.ModuleDict({d: nn.Linear(dim, dim) for d in self.directions})
+            self.after = nn.ModuleDict({d: nn.Linear(dim, dim) for d in self.directions})
         self.out_dim = dim * len(self.directions)
 
     @staticmethod
     def param_formula(image_dim: int, text_dim: int, dim: int, layers: int, ff_mult: int, direction: str,
-                      self_attention: bool, **_: object) -> int:
+                      self_attention: bool, readout: str, **_: object) -> int:
         n_dir = 2 if direction == "both" else 1
         block = cross_block_params(dim, ff_mult * dim, bool(self_attention))
-        return _TokenFusion.projection_params(image_dim, text_dim, dim) + n_dir * (layers * block + norm_params(dim))
+        head = 2 * linear_params(dim, dim) if readout == "bilinear" else 0
+        return (_TokenFusion.projection_params(image_dim, text_dim, dim)
+                + n_dir * (layers * block + norm_params(dim) + head))
 
     def forward(self, image: EncoderOutput, text: EncoderOutput) -> torch.Tensor:
         tokens, mask = image.tokens, image.mask
@@ -94,10 +107,14 @@ class CrossAttentionFusion(_TokenFusion):
         streams = {"text_to_image": (y, text.mask, x, mask), "image_to_text": (x, mask, y, text.mask)}
         pooled = []
         for name in self.directions:
-            q, q_mask, c, c_mask = streams[name]
+            q0, q_mask, c, c_mask = streams[name]
+            q = q0
             for block in self.stacks[name]:
                 q = block(q, c, c_mask, q_mask)
-            pooled.append(masked_mean(self.norms[name](q), q_mask))
+            q = self.norms[name](q)
+            if self.readout == "bilinear":
+                q = torch.tanh(self.before[name](q0)) * torch.tanh(self.after[name](q))
+            pooled.append(masked_mean(q, q_mask))
         return torch.cat(pooled, dim=-1)
 
 

@@ -54,7 +54,7 @@ from mmfuse.features.keys import (
     weights_digest,
 )
 from mmfuse.features.settings import CacheSettings
-from mmfuse.features.storage import CacheCorrupt, EntryWriter, open_entry, read_manifest, remove_stale
+from mmfuse.features.storage import CacheCorrupt, EntryWriter, open_entry, remove_stale
 from mmfuse.features.store import CachedFeatures
 from mmfuse.model import FusionModel
 
@@ -172,7 +172,7 @@ class FeatureCache:
         self.root.mkdir(parents=True, exist_ok=True)
         lock = filelock.FileLock(str(self.root / f"{key}.lock"))
         with lock:
-            reason = None
+            reason, existed = None, path.exists()
             try:
                 manifest, _ = open_entry(path, self.settings.verify)
                 if not rebuild or manifest.get("created_at", 0) >= PROCESS_START:
@@ -191,7 +191,7 @@ class FeatureCache:
             except BaseException:
                 writer.abort()
                 raise
-        return path, "rebuilt" if (reason or rebuild) else "built"
+        return path, "rebuilt" if (reason or (rebuild and existed)) else "built"
 
     def _encode(self, writer: EntryWriter, side: str, split: str, dataset: PairDataset, device: torch.device,
                 autocast: Any, tokens: bool) -> dict[str, Any]:
@@ -213,8 +213,8 @@ class FeatureCache:
             info = enc.encode_into(writer, batches, self.model.encode_text, len(text["input_ids"]), tokens, dtype,
                                    f"encoding {split} texts ({name})", max_tokens=text["input_ids"].shape[1],
                                    autocast=autocast())
-        return {"side": side, "split": split, "samples": len(dataset.images if side == "image" else dataset.text["input_ids"]),
-                "dtype": s.dtype, "tokens": tokens, **info}
+        samples = len(dataset.images) if side == "image" else len(dataset.text["input_ids"])
+        return {"side": side, "split": split, "samples": samples, "dtype": s.dtype, "tokens": tokens, **info}
 
 
 def _regime(trainer: Any) -> tuple[torch.device, str, Any]:
@@ -227,8 +227,3 @@ def _regime(trainer: Any) -> tuple[torch.device, str, Any]:
         return torch.device("cpu"), f"cpu/32-true/matmul-{matmul}", contextlib.nullcontext
     device = trainer.strategy.root_device
     return device, f"{device.type}/{trainer.precision}/matmul-{matmul}", trainer.precision_plugin.forward_context
-
-
-def describe_entry(path: str | Path) -> dict[str, Any]:
-    """The manifest of an entry (for tools and tests)."""
-    return read_manifest(Path(path))

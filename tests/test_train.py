@@ -52,8 +52,21 @@ def test_same_seed_same_metrics_other_seed_other_metrics(make_cfg):
     assert a != c
 
 
+def test_last_checkpoint_holds_the_final_weights(make_cfg):
+    """Not the last epoch that improved the monitored metric: the final one (Lightning's save_last
+    alone rewrites last.ckpt only in epochs that save a top-k checkpoint)."""
+    import torch
+
+    cfg = make_cfg(*FAST, "trainer.max_epochs=4", "test=false", "optimizer.lr=0.3")  # lr too high: no steady gains
+    results = train(cfg)
+    ckpt = torch.load(Path(cfg.paths.output_dir) / results["checkpoint"], map_location="cpu", weights_only=False)
+    assert results["checkpoint"] == "checkpoints/last.ckpt"
+    assert ckpt["global_step"] == results["steps"] == 4 * 8 and ckpt["epoch"] == 3  # 512 pairs / 64
+    assert results["best_checkpoint"] == "checkpoints/best.ckpt"
+
+
 def test_eval_rebuilds_the_model_from_the_checkpoint_alone(make_cfg):
-    cfg = make_cfg(*FAST, "fusion=concat", "data.num_val=200", subdir="train")
+    cfg = make_cfg(*FAST, "fusion=concat", "data.num_val=200", "trainer.max_epochs=3", subdir="train")
     trained = train(cfg)
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     # the eval command knows nothing of fusion=concat: the checkpoint does

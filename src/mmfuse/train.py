@@ -28,11 +28,14 @@ from mmfuse.validate import validate_train_config
 log = logging.getLogger(__name__)
 
 
-def final_metrics(trainer: L.Trainer, module: MMFuseModule, datamodule: Any, run_test: bool) -> dict[str, float]:
-    """Validation metrics of the final weights (validated again only if the last epoch was not), and
-    test metrics when asked for and the data has a test split."""
+def final_metrics(trainer: L.Trainer, module: MMFuseModule, datamodule: Any, run_test: bool,
+                  last_checkpoint: Path) -> dict[str, float]:
+    """Validation metrics of the final weights (validated again only if the last epoch was not, and
+    then ``last_checkpoint`` rewritten so that it holds the weights these metrics are of), and test
+    metrics when asked for and the data has a test split."""
     if module.last_validated_step != trainer.global_step:
         trainer.validate(module, datamodule=datamodule, verbose=False)
+        trainer.save_checkpoint(last_checkpoint)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     if run_test and datamodule.has_split("test"):
         trainer.test(module, datamodule=datamodule, verbose=False)
@@ -63,7 +66,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer = build_trainer(cfg, module.task)
         log_run_config(trainer, cfg)
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
-        metrics = final_metrics(trainer, module, datamodule, run_test=bool(cfg.get("test", True)))
+        metrics = final_metrics(trainer, module, datamodule, run_test=bool(cfg.get("test", True)),
+                                last_checkpoint=run_dir / "checkpoints" / "last.ckpt")
     except BaseException as e:
         status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
         if record is not None:
@@ -72,11 +76,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         raise
     if record is None:
         return {"status": "completed", "metrics": metrics}
-    checkpoint_cb = trainer.checkpoint_callback
+    checkpoint_cb = trainer.checkpoint_callback  # the first ModelCheckpoint: the best by the monitor
+    last = run_dir / "checkpoints" / "last.ckpt"
     results = record.finish(
         "completed",
         metrics=metrics,
-        checkpoint=_relative(checkpoint_cb.last_model_path if checkpoint_cb else None, run_dir),
+        checkpoint=_relative(str(last) if last.is_file() else None, run_dir),
         best_checkpoint=_relative(checkpoint_cb.best_model_path if checkpoint_cb else None, run_dir),
         monitor=module.task.monitor,
         epochs=trainer.current_epoch,

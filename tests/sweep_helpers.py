@@ -16,14 +16,15 @@ def _job_num() -> int | None:
 
 
 class KillAt(L.Callback):
-    """SIGKILL this process (the whole sweep, if in one) after optimizer step ``step`` of job ``job``
-    (any job if None), once every other callback of that step (checkpoints) has run."""
+    """SIGKILL this process (the whole sweep, if in one) after optimizer step ``step`` of job ``job`` on
+    rank ``rank`` (any if None), once every other callback of that step (checkpoints) has run."""
 
-    def __init__(self, step: int, job: int | None = None) -> None:
-        self.step, self.job = int(step), job
+    def __init__(self, step: int, job: int | None = None, rank: int | None = None) -> None:
+        self.step, self.job, self.rank = int(step), job, rank
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step == self.step and (self.job is None or _job_num() == self.job):
+        if trainer.global_step == self.step and (self.job is None or _job_num() == self.job) \
+                and (self.rank is None or trainer.global_rank == self.rank):
             os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-from conftest import CONF_DIR, run_cli
+from conftest import CONF_DIR, ROOT, run_cli
 from mmfuse.cli import run_entry
 from mmfuse.data.samplers import EvalShard, ResumableLoader, TrainOrder
 from mmfuse.distributed import RankPlan, rank_plan
@@ -125,20 +125,25 @@ def test_ddp_multirun_one_directory_per_job_and_the_metrics_of_one_process(tmp_p
     on in trainer=ddp). Tolerance 1e-5: measured differences are ~6e-8 (float32 sums in another order),
     while a run with another global batch (8) differs by 3e-3 in val/loss and 4e-2 in val/auroc.
     """
-    common = ["fusion=add,attention", "encoder.image.freeze=true", "optimizer.lr=1e-2", "seed=5", *TINY]
+    common = ["encoder.image.freeze=true", "optimizer.lr=1e-2", "seed=5", *TINY]
     if (CONF_DIR / "cache").is_dir():
         common.append("cache=off")  # the feature cache would store the frozen CNN's features in float16
-    ddp = run_cli("train.py", "-m", *common, "trainer=ddp_cpu", "data.batch_size=8", "data.eval_batch_size=8",
-                  f"hydra.sweep.dir={tmp_path / 'ddp'}", outputs=tmp_path)
+    # job 2 loses its rank 1 (SIGKILL at step 2): that job fails, the sweep goes on
+    ddp = run_cli("train.py", "-m", "fusion=add,attention,mul", *common, "trainer=ddp_cpu", "data.batch_size=8",
+                  "data.eval_batch_size=8", f"hydra.sweep.dir={tmp_path / 'ddp'}",
+                  "+callbacks.kill._target_=sweep_helpers.KillAt", "+callbacks.kill.step=2", "+callbacks.kill.job=2",
+                  "+callbacks.kill.rank=1", outputs=tmp_path, env={"PYTHONPATH": str(ROOT / "tests")})
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    one = run_cli("train.py", "-m", *common, "data.batch_size=16", "data.eval_batch_size=16",
+    one = run_cli("train.py", "-m", "fusion=add,attention", *common, "data.batch_size=16", "data.eval_batch_size=16",
                   f"hydra.sweep.dir={tmp_path / 'one'}", outputs=tmp_path)
     assert one.returncode == 0, one.stderr[-3000:]
 
     # nothing anywhere else: no second sweep directory, no rank directory
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "ddp", "one"]
-    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["0", "1", "multirun.yaml"]
-    assert ddp.stdout.count("[mmfuse] train completed") == 2  # each job once, reported by rank 0 only
+    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["0", "1", "2", "multirun.yaml"]
+    assert ddp.stdout.count("[mmfuse] train completed") == 2  # each completed job once, reported by rank 0 only
+    killed = json.loads((tmp_path / "ddp" / "2" / "results.json").read_text())
+    assert killed["status"] == "failed" and killed["error"].startswith("rank 1 of 2 was killed by signal 9")
     for job, ref in zip(_jobs(tmp_path / "ddp"), _jobs(tmp_path / "one")):
         results = json.loads((job / "results.json").read_text())
         expected = json.loads((ref / "results.json").read_text())

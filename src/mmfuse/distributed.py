@@ -49,6 +49,7 @@ from mmfuse.results import FILENAME, mark_failed, read_results
 log = logging.getLogger(__name__)
 
 WORKER_ENV = "MMFUSE_RANK_PROCESS"  # set in the rank processes this module starts
+ERROR_FD_ENV = "MMFUSE_RANK_ERROR_FD"  # a rank writes its user error (one line) to this file descriptor
 RANK_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK")
 EXIT_USER_ERROR = 2
 
@@ -144,19 +145,31 @@ def run_ranks(fn: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig, plan:
     preexec = _die_with_parent if sys.platform.startswith("linux") else None
     log.info("starting %d rank processes (logs: %s)", world, rank_log(run_dir, hydra_cfg.hydra.job.name, "<r>"))
     t0 = time.perf_counter()
-    procs = []
+    procs, messages = [], []  # messages: a pipe per rank for the one line of a user error
     for rank in range(world):
+        read_fd, write_fd = os.pipe()
         proc = subprocess.Popen([sys.executable, "-m", "mmfuse.distributed"], stdin=subprocess.PIPE,
-                                env=rank_env(rank, world, port), preexec_fn=preexec)
+                                env={**rank_env(rank, world, port), ERROR_FD_ENV: str(write_fd)},
+                                pass_fds=(write_fd,), preexec_fn=preexec)
+        os.close(write_fd)
         proc.stdin.write(payload)
         proc.stdin.close()
         procs.append(proc)
-    with _forward_sigterm(procs):
-        try:
-            failed = _wait(procs)
-        except BaseException:  # KeyboardInterrupt, or SIGTERM forwarded to the ranks
-            _stop(procs, signal.SIGKILL)
-            raise
+        messages.append(read_fd)
+    try:
+        with _forward_sigterm(procs):
+            try:
+                failed = _wait(procs)
+            except KeyboardInterrupt:  # Ctrl-C reached the ranks too: let rank 0 record "interrupted"
+                _stop(procs, signal.SIGINT, grace_s=10)
+                raise
+            except BaseException:  # SIGTERM (already forwarded to the ranks) or an error here
+                _stop(procs, signal.SIGKILL)
+                raise
+        user_errors = [_read_all(fd) for fd in messages]
+    finally:
+        for fd in messages:
+            os.close(fd)
     results = read_results(run_dir)
     if failed is None:
         if results is None:
@@ -165,12 +178,23 @@ def run_ranks(fn: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig, plan:
     rank, code = failed
     logfile = rank_log(run_dir, hydra_cfg.hydra.job.name, rank)
     how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-    error = f"rank {rank} of {world} {how}; its log {logfile} ends with: {last_error(logfile)}"
-    if results is None or results.get("status") != "failed":  # rank 0 did not record the failure itself
-        results = mark_failed(run_dir, error, wall_time_s=time.perf_counter() - t0)
-    if code == EXIT_USER_ERROR:
-        raise MMFuseError(results["error"].removeprefix(f"{MMFuseError.__name__}: "))
+    recorded = results.get("error") if results is not None and results.get("status") == "failed" else None
+    if code == EXIT_USER_ERROR and user_errors[rank]:  # a config error: the same on every rank, one line
+        if recorded is None:
+            mark_failed(run_dir, f"{MMFuseError.__name__}: {user_errors[rank]}", wall_time_s=time.perf_counter() - t0)
+        raise MMFuseError(user_errors[rank])
+    if rank != 0 or recorded is None:  # else rank 0 failed first and recorded why itself
+        error = f"rank {rank} of {world} {how}; its log {logfile} ends with: {last_error(logfile)}"
+        results = mark_failed(run_dir, error + (f" (rank 0 then: {recorded})" if recorded else ""),
+                              wall_time_s=time.perf_counter() - t0)
     raise RankFailed(results["error"])
+
+
+def _read_all(fd: int) -> str:
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace").strip()
 
 
 class RankFailed(RuntimeError):
@@ -209,27 +233,39 @@ def _forward_sigterm(procs: list[subprocess.Popen]) -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _wait(procs: list[subprocess.Popen]) -> tuple[int, int] | None:
-    """Wait for every rank; on the first failure kill the rest and return ``(rank, exit code)``."""
+def _wait(procs: list[subprocess.Popen], grace_s: float = 3.0) -> tuple[int, int] | None:
+    """Wait for every rank. On a failure, give the others ``grace_s`` seconds to end on their own, kill the
+    rest, and return the root cause ``(rank, exit code)``: a rank killed by a signal first, then the
+    lowest failed rank (a user error ends every rank the same way: rank 0's message is reported)."""
     while True:
         codes = [p.poll() for p in procs]
-        bad = [(r, c) for r, c in enumerate(codes) if c not in (None, 0)]
-        if bad:
-            _stop(procs, signal.SIGKILL)
-            return bad[0]
+        if any(c not in (None, 0) for c in codes):
+            break
         if all(c == 0 for c in codes):
             return None
         time.sleep(0.2)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+        time.sleep(0.1)
+    codes = [p.poll() for p in procs]
+    _stop(procs, signal.SIGKILL)
+    bad = [(r, c) for r, c in enumerate(codes) if c not in (None, 0)]
+    return min(bad, key=lambda rc: (rc[1] >= 0, rc[0]))
 
 
-def _stop(procs: list[subprocess.Popen], sig: int) -> None:
+def _stop(procs: list[subprocess.Popen], sig: int, grace_s: float = 30) -> None:
+    """Send ``sig`` to the ranks still running; SIGKILL those still there after ``grace_s`` seconds."""
     for p in procs:
         if p.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 p.send_signal(sig)
+    deadline = time.monotonic() + grace_s
     for p in procs:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            p.wait(timeout=30)
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 def worker_main() -> int:
@@ -257,6 +293,9 @@ def worker_main() -> int:
         fn(task)
     except MMFuseError as e:  # the supervisor reports it (one line)
         logging.getLogger("mmfuse").error("rank %d: %s", rank, e)
+        if os.environ.get(ERROR_FD_ENV):
+            with contextlib.suppress(OSError):
+                os.write(int(os.environ[ERROR_FD_ENV]), str(e).encode())
         return EXIT_USER_ERROR
     except BaseException:
         logging.getLogger("mmfuse").exception("rank %d failed", rank)

@@ -6,7 +6,8 @@ re-run with the same ``hydra.sweep.dir``) is, by that earlier run's ``results.js
 - ``completed`` with the same overrides: skipped; its results are returned as they are;
 - not completed (``running`` when its process was killed, ``failed``, ``interrupted``) with the same
   overrides: resumed from ``checkpoints/last.ckpt`` when there is one (else trained from the start);
-- a run with other overrides: an error, and nothing in the directory is touched.
+- a run with other overrides: an error; its ``results.json``, checkpoints and logs are left as they are
+  (Hydra has already rewritten the directory's ``.hydra/`` files before any job code runs).
 
 Overrides are compared as sets, leaving out those that do not change what is trained
 (``NOT_COMPARED``). An explicit ``ckpt_path`` (``last`` or a path) always wins over the automatic choice.

@@ -71,6 +71,23 @@ def test_a_run_on_the_fast_path_trains_and_its_checkpoint_keeps_plain_keys(make_
     assert ckpt["state_dict"]["model.image_encoder.body.0.weight"].is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.shared
+@pytest.mark.parametrize("fusion", ["mul", "cross_attention"])
+def test_end_of_epoch_retrieval_scores_in_bf16_autocast(make_cfg, fusion):
+    """On COCO the ITM task scores every image x caption of the validation split when the epoch ends,
+    outside the steps; under bf16-mixed its stored bf16 features must meet the model inside autocast
+    too (before the fix: "mat1 and mat2 must have the same dtype")."""
+    root = needs_shared("data", "coco_mini")
+    cfg = make_cfg(*ON_CPU, "data=coco_captions", f"data.root={root}", "data.num_train=16", "data.num_val=12",
+                   "data.num_workers=0", "data.batch_size=8", "data.image_size=32", "encoder.image.freeze=true",
+                   "encoder.text.freeze=true", "cache=off", "trainer.max_epochs=1", "test=false",
+                   "callbacks.progress_bar=null", f"fusion={fusion}", subdir=fusion)
+    results = train(cfg)
+    metrics = results["metrics"]
+    assert results["status"] == "completed"
+    assert 0.0 <= metrics["val/i2t_r1"] <= metrics["val/i2t_r5"] <= 100.0 and metrics["val/rsum"] > 0.0
+
+
 def test_bad_speed_options_name_the_field(make_cfg):
     module = build_module(make_cfg(*FAST))
     with pytest.raises(MMFuseError, match="trainer.compile='fastest'"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -63,11 +64,18 @@ class MMFuseModule(L.LightningModule):
         self._eval_step("test", batch)
 
     def _log_epoch(self, stage: str) -> None:
-        self.task.epoch_end(stage, self.model)  # metrics that need the model over the whole split (retrieval)
+        # metrics that need the model over the whole split (retrieval), scored in the precision of the
+        # steps (Lightning's epoch-end hooks run outside its autocast: bf16 features would meet float32 layers)
+        with self._precision_context():
+            self.task.epoch_end(stage, self.model)
         metrics = self.task.compute(stage)  # torchmetrics has already reduced across processes
         self.task.reset(stage)
         self.log_dict({k: v.float() for k, v in metrics.items()}, prog_bar=False, sync_dist=False,
                       rank_zero_only=False)
+
+    def _precision_context(self) -> Any:
+        trainer = self._trainer
+        return trainer.precision_plugin.forward_context() if trainer is not None else contextlib.nullcontext()
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch("val")

@@ -88,6 +88,19 @@ def test_end_of_epoch_retrieval_scores_in_bf16_autocast(make_cfg, fusion):
     assert 0.0 <= metrics["val/i2t_r1"] <= metrics["val/i2t_r5"] <= 100.0 and metrics["val/rsum"] > 0.0
 
 
+def test_the_feature_cache_encodes_many_batches_in_bf16_autocast(make_cfg, tmp_path):
+    """trainer=gpu with frozen encoders: the cache encodes inside Lightning's autocast context, one
+    context for all batches (before the fix the second batch failed: the context cannot be re-entered)."""
+    cfg = make_cfg(*FAST, *ON_CPU, "encoder.image.freeze=true", "encoder.text.freeze=true", "cache.batch_size=48",
+                   f"cache.dir={tmp_path / 'features'}", "test=false")
+    results = train(cfg)
+    assert results["status"] == "completed"
+    built = {f"{split}/{side}": info["status"] for split, sides in results["feature_cache"].items()
+             for side, info in sides.items()}
+    assert built == {f"{split}/{side}": "built" for split in ("train", "val", "test") for side in ("image", "text")}
+    assert results["encoded_samples"]["image"] == 256 + 128 + 128  # debug=fast's three splits, each > 48
+
+
 def test_bad_speed_options_name_the_field(make_cfg):
     module = build_module(make_cfg(*FAST))
     with pytest.raises(MMFuseError, match="trainer.compile='fastest'"):

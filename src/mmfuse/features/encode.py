@@ -140,9 +140,11 @@ def encode_into(writer: EntryWriter, batches: Batches, encode: Callable[[Any], E
     """Encode every batch, write rows into ``writer``'s arrays; returns the shapes and the time taken."""
     start = time.perf_counter()
     arrays: dict[str, np.ndarray] = {}
-    with tqdm(total=samples, desc=desc, unit="sample", mininterval=1.0, dynamic_ncols=True) as bar:
+    # the autocast context is entered once: Lightning's forward_context() cannot be re-entered
+    with tqdm(total=samples, desc=desc, unit="sample", mininterval=1.0, dynamic_ncols=True) as bar, \
+            (autocast or contextlib.nullcontext()):
         for rows, inputs in batches:
-            with torch.no_grad(), (autocast or contextlib.nullcontext()):
+            with torch.no_grad():
                 out = encode(inputs)
             if not arrays:
                 arrays["pooled"] = writer.array("pooled", (samples, out.pooled.shape[-1]), dtype)

@@ -20,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED = ROOT.parent / "shared"
+SHARED = Path(os.environ.get("MMFUSE_SHARED", ROOT.parent / "shared")).resolve()  # the real assets
 BENCH_DIR = Path(__file__).resolve().parent
 COCO = SHARED / "data" / "coco_mini"
 MINILM = SHARED / "weights" / "all-MiniLM-L6-v2"

@@ -101,6 +101,20 @@ def test_the_feature_cache_encodes_many_batches_in_bf16_autocast(make_cfg, tmp_p
     assert results["encoded_samples"]["image"] == 256 + 128 + 128  # debug=fast's three splits, each > 48
 
 
+def test_the_image_transform_runs_on_the_device_of_its_input():
+    """GPU JPEG decoding hands the transform images already on the GPU: its mean and std must follow
+    (the meta device stands in for a GPU here: any device but the CPU)."""
+    from mmfuse.encoders.transforms import ImageTransform
+    from mmfuse.features.encode import decode_on
+
+    transform = ImageTransform(16, [0.5, 0.4, 0.3], [0.2, 0.2, 0.2])
+    out = transform(torch.zeros(3, 8, 8, dtype=torch.uint8, device="meta"))
+    assert out.device.type == "meta" and out.shape == (3, 16, 16)
+    assert decode_on(torch.device("meta"), transform)
+    assert torch.allclose(transform(torch.full((3, 16, 16), 255, dtype=torch.uint8))[:, 0, 0],
+                          torch.tensor([2.5, 3.0, 3.5]))
+
+
 def test_bad_speed_options_name_the_field(make_cfg):
     module = build_module(make_cfg(*FAST))
     with pytest.raises(MMFuseError, match="trainer.compile='fastest'"):
@@ -130,14 +144,25 @@ def test_cached_float16_features_reach_the_fusion_as_float32():
     assert model.encoded_samples == {"image": 0, "text": 0}
 
 
-def test_the_device_decode_path_gives_the_cpu_decoders_pixels():
+def test_the_device_decode_path_gives_the_cpu_decoders_pixels(tmp_path):
+    """Through 2 DataLoader workers, JPEGs and a PNG (decoded by the workers) among them; what the
+    workers send holds no tensors (many small shared tensors broke the loader on a GPU machine)."""
+    from PIL import Image
+
+    from mmfuse.features.encode import _Encoded
+
     folder = needs_shared("data", "coco_mini", "val2017")
-    store = ImageFiles(sorted(folder.glob("*.jpg"))[:6])
+    files = sorted(folder.glob("*.jpg"))[:6]
+    Image.open(files[2]).convert("RGB").save(tmp_path / "third.png")
+    store = ImageFiles([*files[:2], tmp_path / "third.png", *files[3:]])
+    items = [_Encoded(store)[i] for i in range(len(store))]
+    assert [kind for kind, _ in items] == ["jpeg", "jpeg", "pixels", "jpeg", "jpeg", "jpeg"]
+    assert not any(isinstance(data, torch.Tensor) for _, data in items)
 
     def transform(x: torch.Tensor) -> torch.Tensor:  # works on any device, fixed output size
         return torch.nn.functional.interpolate(x[None].float(), size=(48, 48), mode="bilinear")[0] / 255
 
-    device = [(rows, x) for rows, x in image_batches(store, transform, 4, 0, torch.device("cpu"), True)]
+    device = [(rows, x) for rows, x in image_batches(store, transform, 4, 2, torch.device("cpu"), True)]
     cpu = [(rows, x) for rows, x in image_batches(store, transform, 4, 0, torch.device("cpu"), False)]
     assert [r.tolist() for r, _ in device] == [[0, 1, 2, 3], [4, 5]]
     for (_, a), (_, b) in zip(device, cpu):

@@ -28,7 +28,7 @@ class ImageTransform:
             x = x if batched else x[0]
         if images.dtype == torch.uint8:
             x = x / 255.0
-        return (x - self.mean) / self.std
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)  # on the images' device (GPU decoding)
 
     def __repr__(self) -> str:
         return f"ImageTransform(size={self.size}, mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()})"

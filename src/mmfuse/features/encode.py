@@ -20,6 +20,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,8 @@ from mmfuse.types import EncoderOutput
 log = logging.getLogger(__name__)
 
 Batches = Iterator[tuple[np.ndarray, Any]]
+# a worker that cannot deliver its batch ends the encoding with an error after this long, not never
+LOADER_TIMEOUT_S = 600
 
 
 class _Transformed(Dataset):
@@ -48,7 +51,10 @@ class _Transformed(Dataset):
 
 
 class _Encoded(Dataset):
-    """Item ``i``: ``("jpeg", file bytes)`` for a JPEG file, else ``("pixels", decoded uint8 [3, H, W])``."""
+    """Item ``i``: ``("jpeg", file bytes)`` for a JPEG file, else ``("pixels", decoded uint8 [3, H, W]
+    as a NumPy array)``. No tensors: a batch of many small tensors from a worker is shared one file
+    descriptor per tensor, which failed on a GPU machine ("Bad file descriptor" in the worker, then the
+    loader waited forever); bytes and arrays travel pickled."""
 
     def __init__(self, store: Any) -> None:
         self.store = store
@@ -56,17 +62,15 @@ class _Encoded(Dataset):
     def __len__(self) -> int:
         return len(self.store)
 
-    def __getitem__(self, i: int) -> tuple[str, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[str, bytes | np.ndarray]:
         if hasattr(self.store, "read_bytes"):
             data = self.store.read_bytes(i)
-            data = data if isinstance(data, torch.Tensor) else torch.frombuffer(bytearray(data), dtype=torch.uint8)
+            data = data.numpy().tobytes() if isinstance(data, torch.Tensor) else bytes(data)
         else:
-            from torchvision.io import read_file
-
-            data = read_file(str(self.store.paths[i]))
-        if len(data) > 2 and int(data[0]) == 0xFF and int(data[1]) == 0xD8:
+            data = Path(self.store.paths[i]).read_bytes()
+        if data[:2] == b"\xff\xd8":
             return "jpeg", data
-        return "pixels", self.store.load(i)
+        return "pixels", self.store.load(i).numpy()
 
 
 def _keep_list(items: list[Any]) -> list[Any]:
@@ -99,16 +103,18 @@ def image_batches(store: Any, transform: Callable[[torch.Tensor], torch.Tensor],
     if decode_on_device and has_file_bytes(store):
         from torchvision.io import ImageReadMode, decode_jpeg
 
-        loader = DataLoader(_Encoded(store), batch_size=batch_size, num_workers=num_workers, collate_fn=_keep_list)
+        loader = DataLoader(_Encoded(store), batch_size=batch_size, num_workers=num_workers, collate_fn=_keep_list,
+                            timeout=LOADER_TIMEOUT_S if num_workers else 0)
         start = 0
         for items in loader:
-            jpegs = [data for kind, data in items if kind == "jpeg"]
+            jpegs = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for kind, data in items if kind == "jpeg"]
             decoded = iter(decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device) if jpegs else [])
-            images = [next(decoded) if kind == "jpeg" else data.to(device) for kind, data in items]
+            images = [next(decoded) if kind == "jpeg" else torch.from_numpy(data).to(device) for kind, data in items]
             yield np.arange(start, start + len(items)), torch.stack([transform(img) for img in images])
             start += len(items)
         return
-    loader = DataLoader(_Transformed(store, transform), batch_size=batch_size, num_workers=num_workers, pin_memory=pin)
+    loader = DataLoader(_Transformed(store, transform), batch_size=batch_size, num_workers=num_workers, pin_memory=pin,
+                        timeout=LOADER_TIMEOUT_S if num_workers else 0)
     start = 0
     for images in loader:
         yield np.arange(start, start + len(images)), images.to(device, non_blocking=True)

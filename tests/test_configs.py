@@ -119,8 +119,9 @@ def test_single_option_groups(make_cfg, group):
     if group == "callbacks":
         task = ITMTask(8, "mid")
         cbs = build_callbacks(cfg, task)
-        ckpt = [c for c in cbs if isinstance(c, L.pytorch.callbacks.ModelCheckpoint)][0]
-        assert ckpt.monitor == "val/acc" and ckpt.mode == "max" and ckpt.save_last
+        best, last = [c for c in cbs if isinstance(c, L.pytorch.callbacks.ModelCheckpoint)]
+        assert (best.filename, best.monitor, best.mode, best.save_last) == ("best", "val/acc", "max", False)
+        assert (last.filename, last.monitor, last.save_top_k) == ("last", None, 1)
     elif group == "paths":
         assert cfg.paths.output_dir == cfg.hydra.runtime.output_dir
     else:

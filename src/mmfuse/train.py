@@ -54,6 +54,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                        seed=cfg.get("seed"), versions=versions(), host=host_info(),
                        attempt=(previous or {}).get("attempt", 0) + 1) if is_global_zero() else None
     trainer = None
+    last = run_dir / "checkpoints" / "last.ckpt"
     try:
         validate_train_config(cfg)
         if cfg.get("seed") is not None:
@@ -67,7 +68,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log_run_config(trainer, cfg)
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
         metrics = final_metrics(trainer, module, datamodule, run_test=bool(cfg.get("test", True)),
-                                last_checkpoint=run_dir / "checkpoints" / "last.ckpt")
+                                last_checkpoint=last)
     except BaseException as e:
         status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
         if record is not None:
@@ -77,7 +78,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if record is None:
         return {"status": "completed", "metrics": metrics}
     checkpoint_cb = trainer.checkpoint_callback  # the first ModelCheckpoint: the best by the monitor
-    last = run_dir / "checkpoints" / "last.ckpt"
     results = record.finish(
         "completed",
         metrics=metrics,

@@ -345,6 +345,7 @@ def test_cross_attention_to_a_single_image_token_copies_its_value():
     ("mi", {"form": "tensor"}, "fusion.form"),
     ("cross_attention", {"readout": "max"}, "fusion.readout"),
     ("mfb", {"factor": 0}, "fusion.factor=0"),
+    ("single_stream", {"pooling": "max"}, "fusion.pooling='max' .* Fix: cls or mean"),
 ])
 def test_bad_options_fail_with_a_message_naming_the_field(name, override, message):
     with pytest.raises(MMFuseError, match=message):
@@ -380,3 +381,25 @@ def test_signed_sqrt_has_finite_gradient_at_zero():
 
 def test_fusion_dir_is_what_the_tests_iterate():
     assert Path(FUSION_DIR).is_dir() and len(NAMES) >= 24
+
+
+def test_single_stream_mean_pooling_is_the_masked_mean_of_the_normed_tokens():
+    """``pooling=mean``: z = mean over real tokens of LN(H^L), padding excluded; cls: LN(H^L)_0."""
+    image, text = inputs()
+    mean_fusion = build("single_stream", pooling="mean").eval()
+    cls_fusion = build("single_stream", pooling="cls").eval()  # same seed: same weights
+    captured = {}
+    hook = mean_fusion.norm.register_forward_hook(lambda mod, args, out: captured.update(normed=out))
+    with torch.no_grad():
+        z = mean_fusion(image, text)
+        hook.remove()
+        z_cls = cls_fusion(image, text)
+        padded = mean_fusion(pad(image, 3), pad(text, 5))
+    normed = captured["normed"]
+    mask = torch.cat([torch.ones(B, 1, dtype=torch.bool), text.mask, image.mask], 1)
+    expected = torch.stack([normed[b][mask[b]].mean(0) for b in range(B)])
+    assert torch.allclose(z, expected, atol=1e-6)
+    assert torch.allclose(padded, z, atol=1e-5)
+    assert torch.allclose(z_cls, normed[:, 0], atol=1e-6)  # the [CLS] row of the same H^L
+    assert not torch.allclose(z, z_cls, atol=1e-3)
+

@@ -107,3 +107,28 @@ def test_non_numeric_learning_rate_fails_before_training(make_cfg):
         cfg.optimizer.lr = "abc"
     with pytest.raises(MMFuseError, match=r"optimizer.lr='abc' is not a number"):
         train(cfg)
+
+
+def test_init_from_starts_from_the_checkpoint_weights_and_nothing_else(make_cfg):
+    source_cfg = make_cfg(*FAST, "trainer.max_epochs=3", "test=false", subdir="source")
+    source = train(source_cfg)
+    ckpt = Path(source_cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    # no training step: the validation of the loaded weights is the source's final validation
+    started = train(make_cfg(*FAST, f"init_from={ckpt}", "trainer.max_epochs=0", "test=false", subdir="init"))
+    fresh = train(make_cfg(*FAST, "trainer.max_epochs=0", "test=false", subdir="fresh"))
+    assert started["metrics"]["val/loss"] == pytest.approx(source["metrics"]["val/loss"], abs=1e-6)
+    assert started["metrics"]["val/acc"] == pytest.approx(source["metrics"]["val/acc"], abs=1e-6)
+    assert abs(fresh["metrics"]["val/loss"] - source["metrics"]["val/loss"]) > 1e-3
+    assert started["init_from"] == str(ckpt) and started["steps"] == 0  # counters start afresh
+
+
+def test_init_from_a_checkpoint_of_another_model_names_the_difference(make_cfg):
+    from mmfuse.errors import MMFuseError
+
+    source_cfg = make_cfg(*FAST, "fusion=concat", "trainer.max_epochs=1", "test=false", subdir="source")
+    train(source_cfg)
+    ckpt = Path(source_cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    with pytest.raises(MMFuseError, match=r"init_from=.*do not fit this model.*fusion=concat"):
+        train(make_cfg(*FAST, f"init_from={ckpt}", subdir="other"))
+    with pytest.raises(MMFuseError, match=r"init_from=/no/such.ckpt: no such file"):
+        train(make_cfg(*FAST, "init_from=/no/such.ckpt", subdir="missing"))

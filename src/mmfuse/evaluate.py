@@ -12,13 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from hydra import compose
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mmfuse.builder import build_datamodule, build_module
-from mmfuse.errors import MMFuseError
+from mmfuse.checkpoint_file import load_checkpoint
 from mmfuse.module import CONFIG_KEY
 from mmfuse.report import print_summary
 from mmfuse.results import RunRecord
@@ -26,23 +25,6 @@ from mmfuse.runinfo import task_overrides, versions
 
 MODEL_SECTIONS = ("encoder", "fusion", "task")
 NOT_INHERITED = ("hydra", "ckpt_path", "hparams_search", "debug", "paths")
-
-
-def load_checkpoint(ckpt_path: Any) -> dict[str, Any]:
-    if ckpt_path in (None, "", "???"):
-        raise MMFuseError("ckpt_path is required: python eval.py ckpt_path=<run dir>/checkpoints/last.ckpt")
-    path = Path(str(ckpt_path)).expanduser()
-    if not path.is_file():
-        raise MMFuseError(f"ckpt_path={ckpt_path}: no such file. Fix: give the path of a checkpoint, "
-                          "e.g. outputs/runs/<date>/<time>/checkpoints/last.ckpt")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise MMFuseError(f"ckpt_path={ckpt_path}: cannot be read as a checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(ckpt, dict) or CONFIG_KEY not in ckpt or "state_dict" not in ckpt:
-        raise MMFuseError(f"ckpt_path={ckpt_path}: not an mmfuse checkpoint (it has no '{CONFIG_KEY}'); "
-                          "give a checkpoint written by python train.py")
-    return ckpt
 
 
 def _key(override: Any) -> str:

@@ -10,6 +10,7 @@ import lightning as L
 from omegaconf import DictConfig
 
 from mmfuse.builder import build_datamodule, build_module, build_trainer
+from mmfuse.checkpoint_file import load_initial_weights
 from mmfuse.loggers import finish_loggers, log_run_config
 from mmfuse.module import MMFuseModule
 from mmfuse.report import count_parameters, print_summary
@@ -64,6 +65,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         resume_from = checkpoint_to_resume(cfg, run_dir, previous)
         if record is not None and resume_from:
             record.update(resumed_from=_relative(resume_from, run_dir))
+        if cfg.get("init_from") and not resume_from:
+            load_initial_weights(module, cfg.init_from)
+            if record is not None:
+                record.update(init_from=str(cfg.init_from))
         trainer = build_trainer(cfg, module.task)
         log_run_config(trainer, cfg)
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)

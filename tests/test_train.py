@@ -13,7 +13,7 @@ from conftest import FAST
 from mmfuse.evaluate import evaluate, merge_overrides
 from mmfuse.train import train
 
-SMALL = (*FAST, "data.num_train=1500", "data.num_val=300", "trainer.max_epochs=2")
+SMALL = (*FAST, "data.num_train=1500", "data.num_val=300", "trainer.max_epochs=3")
 
 
 def read_csv(run_dir: Path) -> list[dict[str, str]]:

@@ -5,8 +5,14 @@
 
 Groups the completed runs by ``choices.fusion`` and writes ``table.md`` (mean ± standard deviation over
 seeds of ``val/acc`` and ``val/acc_<type>`` per pair type, with stage, input and parameter count of
-each fusion) and ``accuracy_by_type.png`` (heat map fusion × pair type). Failed or unfinished runs are
-listed, not silently dropped.
+each fusion) and ``table.png`` (heat map fusion × pair type). Failed or unfinished runs are listed, not
+silently dropped.
+
+Learned or not: a model that cannot tell a negative type from the positives rejects it as often as it
+rejects anything, so its accuracy on that type is ``1 − acc_positive``, whatever its bias. The table
+therefore also gives, for the two types that need binding and position, Youden's J per run,
+``J_t = acc_t + acc_positive − 1`` (0: type not told apart from positives; 1: always told apart), and
+ranks fusions within a stage by ``J_relation + J_binding``.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[2]
 TYPES = ("positive", "other", "color", "shape", "relation", "binding")
+HARD = ("relation", "binding")
 STAGE_ORDER = {"none": 0, "late": 1, "mid": 2, "early": 3}
 
 
@@ -62,8 +69,12 @@ def summarise(runs: dict[str, list[dict]]) -> list[dict]:
         for key in ("acc", *(f"acc_{t}" for t in TYPES)):
             values = [r["metrics"][f"val/{key}"] for r in rs if f"val/{key}" in r["metrics"]]
             row[key] = stat(values) if values else None
+        for t in HARD:
+            values = [r["metrics"][f"val/acc_{t}"] + r["metrics"]["val/acc_positive"] - 1 for r in rs
+                      if f"val/acc_{t}" in r["metrics"] and "val/acc_positive" in r["metrics"]]
+            row[f"j_{t}"] = stat(values) if values else None
         rows.append(row)
-    hard = lambda r: sum(r[k][0] for k in ("acc_relation", "acc_binding") if r[k])  # noqa: E731
+    hard = lambda r: sum(r[f"j_{t}"][0] for t in HARD if r[f"j_{t}"])  # noqa: E731
     return sorted(rows, key=lambda r: (STAGE_ORDER.get(r["stage"], 9), -hard(r), r["fusion"]))
 
 
@@ -72,11 +83,13 @@ def fmt(cell: tuple[float, float] | None) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    head = ["fusion", "stage", "input", "params", "seeds", "val/acc", *TYPES, "steps", "wall s"]
+    head = ["fusion", "stage", "input", "params", "seeds", "val/acc", *TYPES, *(f"J {t}" for t in HARD),
+            "steps", "wall s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [f"`{r['fusion']}`", r["stage"], r["input"], f"{r['params']:,}", str(len(r["seeds"])),
-                 fmt(r["acc"]), *(fmt(r[f"acc_{t}"]) for t in TYPES), ",".join(map(str, r["steps"])),
+                 fmt(r["acc"]), *(fmt(r[f"acc_{t}"]) for t in TYPES), *(fmt(r[f"j_{t}"]) for t in HARD),
+                 ",".join(map(str, r["steps"])),
                  f"{r['wall_s']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -89,18 +102,19 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    cols = ["acc", *(f"acc_{t}" for t in TYPES)]
+    cols = ["acc", *(f"acc_{t}" for t in TYPES), *(f"j_{t}" for t in HARD)]
     data = np.array([[r[c][0] if r[c] else np.nan for c in cols] for r in rows])
-    fig, ax = plt.subplots(figsize=(8, 0.34 * len(rows) + 1.6))
+    fig, ax = plt.subplots(figsize=(9.5, 0.34 * len(rows) + 1.6))
     im = ax.imshow(data, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
-    ax.set_xticks(range(len(cols)), ["overall", *TYPES])
+    ax.set_xticks(range(len(cols)), ["overall", *TYPES, *(f"J {t}" for t in HARD)], fontsize=8)
+    ax.axvline(len(TYPES) + 0.5, color="black", linewidth=1)
     ax.set_yticks(range(len(rows)), [f"{r['fusion']} ({r['stage']}, {r['input']})" for r in rows])
     for i in range(len(rows)):
         for j in range(len(cols)):
             if not np.isnan(data[i, j]):
                 ax.text(j, i, f"{data[i, j]:.2f}", ha="center", va="center", fontsize=7)
     ax.set_title(title, fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.03, label="val accuracy (mean over seeds)")
+    fig.colorbar(im, ax=ax, fraction=0.03, label="val accuracy; J = acc_type + acc_positive − 1 (mean over seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)

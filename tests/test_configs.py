@@ -145,6 +145,15 @@ def test_seed_model_experiment_is_the_seed_architecture(make_cfg):
     assert isinstance(head, torch.nn.Linear) and head.out_features == 1
 
 
+def test_fusion_zoo_hard_starts_from_the_long_run_of_the_same_fusion_and_seed(make_cfg):
+    cfg = make_cfg("experiment=fusion_zoo_hard", "fusion=mul", "seed=3")
+    assert cfg.init_from.endswith("zoo/long_mul_seed3/checkpoints/last.ckpt")
+    long = make_cfg("experiment=fusion_zoo_long", "fusion=mul", "seed=3", subdir="long")
+    assert long.hydra.run.dir.endswith("zoo/long_mul_seed3") and cfg.hydra.run.dir.endswith("zoo/hard_mul_seed3")
+    assert cfg.data.curriculum[-1].negatives.relation == cfg.data.curriculum[-1].negatives.binding == 1.0
+    assert cfg.data.negatives.relation == cfg.data.negatives.color  # validation: all five types equally
+
+
 def test_users_command_selects_groups(make_cfg):
     cfg = make_cfg("fusion=attention", "encoder.image=resnet50")
     assert cfg.fusion._target_.endswith("AttentionFusion")

@@ -25,8 +25,8 @@ def load_checkpoint(path_value: Any, field: str = "ckpt_path") -> dict[str, Any]
         raise MMFuseError(f"{field} is required: python eval.py {field}=<run dir>/checkpoints/last.ckpt")
     path = Path(str(path_value)).expanduser()
     if not path.is_file():
-        raise MMFuseError(f"{field}={path_value}: no such file. Fix: give the path of a checkpoint, "
-                          "e.g. outputs/runs/<date>/<time>/checkpoints/last.ckpt")
+        raise MMFuseError(f"{field}={path_value}: no such file. Fix: give the path of an existing checkpoint "
+                          f"(train that run first), e.g. {field}=outputs/runs/<date>/<time>/checkpoints/last.ckpt")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:

@@ -61,14 +61,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if cfg.get("seed") is not None:
             L.seed_everything(int(cfg.seed), workers=True, verbose=False)
         module = build_module(cfg, checkpoint_payload(cfg))
-        datamodule = build_datamodule(cfg, module)
         resume_from = checkpoint_to_resume(cfg, run_dir, previous)
         if record is not None and resume_from:
             record.update(resumed_from=_relative(resume_from, run_dir))
-        if cfg.get("init_from") and not resume_from:
+        if cfg.get("init_from") and not resume_from:  # before the data: a feature cache keys on these weights
             load_initial_weights(module, cfg.init_from)
             if record is not None:
                 record.update(init_from=str(cfg.init_from))
+        datamodule = build_datamodule(cfg, module)
         trainer = build_trainer(cfg, module.task)
         log_run_config(trainer, cfg)
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)

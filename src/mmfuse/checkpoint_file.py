@@ -37,11 +37,10 @@ def load_checkpoint(path_value: Any, field: str = "ckpt_path") -> dict[str, Any]
     return ckpt
 
 
-def load_initial_weights(module: nn.Module, path_value: Any) -> dict[str, Any]:
+def load_initial_weights(module: nn.Module, path_value: Any) -> None:
     """Copy the model weights of the checkpoint at ``path_value`` into ``module`` (all of them, shapes
-    equal); returns the checkpoint's saved choices (``{group: option}``) for the run record."""
+    equal); MMFuseError naming the differing keys and the checkpoint's model choices otherwise."""
     ckpt = load_checkpoint(path_value, field="init_from")
-    saved_choices = ckpt[CONFIG_KEY].get("choices", {})
     own = module.state_dict()
     theirs = ckpt["state_dict"]
     missing = sorted(set(own) - set(theirs))
@@ -50,6 +49,7 @@ def load_initial_weights(module: nn.Module, path_value: Any) -> dict[str, Any]:
                         if isinstance(own[k], torch.Tensor) and isinstance(theirs[k], torch.Tensor)
                         and own[k].shape != theirs[k].shape)
     if missing or unexpected or mismatched:
+        saved_choices = ckpt[CONFIG_KEY].get("choices", {})
         groups = ", ".join(f"{g}={o}" for g, o in sorted(saved_choices.items())
                            if g.startswith(("encoder", "fusion", "task")))
         details = "; ".join(f"{name}: {keys[:3]}{' ...' if len(keys) > 3 else ''}" for name, keys in
@@ -59,4 +59,3 @@ def load_initial_weights(module: nn.Module, path_value: Any) -> dict[str, Any]:
                           f"It was trained with {groups or 'other model settings'}; use the same encoders, "
                           "fusion, task and widths, or drop init_from")
     module.load_state_dict(theirs)
-    return saved_choices

@@ -19,6 +19,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from mmfuse.datamodule import MMFuseDataModule
@@ -127,5 +128,11 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
 
 
 def build_trainer(cfg: DictConfig, task: Task) -> L.Trainer:
+    """The Trainer of ``cfg.trainer`` with the configured callbacks and loggers. With no progress bar
+    among the callbacks (``callbacks.progress_bar=null``) there is none: Lightning would otherwise add
+    its own, redrawn after every step, unless ``trainer.enable_progress_bar`` says otherwise."""
     trainer_cfg = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k not in SPEED_KEYS}
-    return instantiate(trainer_cfg, callbacks=build_callbacks(cfg, task), logger=build_loggers(cfg))
+    callbacks = build_callbacks(cfg, task)
+    if not any(isinstance(cb, ProgressBar) for cb in callbacks):
+        trainer_cfg.setdefault("enable_progress_bar", False)
+    return instantiate(trainer_cfg, callbacks=callbacks, logger=build_loggers(cfg))

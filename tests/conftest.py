@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -54,6 +55,19 @@ def run_cli(script: str, *args: str, outputs: Path, timeout: int = 600, env: dic
     full_env = {**os.environ, "MMFUSE_OUTPUTS": str(outputs), "HYDRA_FULL_ERROR": "0", **(env or {})}
     return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+class Items(torch.utils.data.Dataset):
+    """A dataset whose sample ``i`` is ``i`` (for samplers and loaders)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
 
 
 def needs_shared(*parts: str) -> Path:

@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from torch.utils.data import DistributedSampler
 
-from conftest import CONF_DIR, ROOT, run_cli
+from conftest import CONF_DIR, ROOT, Items, run_cli
 from mmfuse.cli import run_entry
 from mmfuse.data.samplers import EvalShard, ResumableLoader, TrainOrder
 from mmfuse.distributed import RankPlan, rank_plan
@@ -17,17 +16,6 @@ from mmfuse.errors import MMFuseError
 from mmfuse.train import train
 
 TINY = ("debug=fast", "data.num_train=48", "data.num_val=32", "data.num_test=16")
-
-
-class Items(torch.utils.data.Dataset):
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> int:
-        return i
 
 
 @pytest.mark.parametrize("n,world", [(7, 2), (10, 3), (66, 2), (1, 2)])

@@ -6,7 +6,9 @@ tokenizer)`` with the encoders' own preprocessing before ``setup``, so the data 
 weights. A tokenizer with ``fitted == False`` (a vocabulary built from data) is fitted on
 ``train_texts()`` first. When the builder sets ``feature_cache`` (frozen encoders, ``cache`` not off),
 ``setup`` hands the built splits to it, and frozen encoders' inputs are replaced by cached features.
-``pin_memory: auto`` pins batches when the trainer runs on a CUDA device.
+``pin_memory: auto`` pins batches when the trainer runs on a CUDA device. Training batches are drawn
+whole (``TrainBatches``: one index tensor per batch) from datasets that take an index tensor
+(``PairDataset``), and reach the device through ``move_to``.
 """
 
 from __future__ import annotations
@@ -16,12 +18,33 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from mmfuse.data.samplers import EvalShard, ResumableLoader, TrainOrder
+from mmfuse.data.pairs import PairDataset
+from mmfuse.data.samplers import EvalShard, ResumableLoader, TrainBatches, TrainOrder
 from mmfuse.errors import MMFuseError
 
 SPLITS = ("train", "val", "test")
+
+
+def move_to(data: Any, device: torch.device) -> Any:
+    """``data`` with every tensor on ``device`` (non-blocking copies to CUDA from pinned memory): tensors,
+    plain dicts, lists, tuples and named tuples here; anything else through Lightning's
+    ``move_data_to_device``."""
+    if isinstance(data, torch.Tensor):
+        if data.device == device:
+            return data
+        return data.to(device, non_blocking=device.type == "cuda" and data.is_pinned())
+    if type(data) is dict:
+        return {k: move_to(v, device) for k, v in data.items()}
+    if isinstance(data, tuple) and hasattr(data, "_fields"):
+        return type(data)(*(move_to(v, device) for v in data))
+    if type(data) in (list, tuple):
+        return type(data)(move_to(v, device) for v in data)
+    if isinstance(data, (str, bytes, int, float, bool)) or data is None:
+        return data
+    return move_data_to_device(data, device)
 
 
 def collate(samples: Any) -> Any:
@@ -82,13 +105,16 @@ class MMFuseDataModule(L.LightningDataModule):
             return None
         # samplers that keep a distributed run equal to one process (see mmfuse.data.samplers)
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
-        if train:
+        batch_size = self.batch_size if train else self.eval_batch_size
+        if train and isinstance(dataset, PairDataset):  # whole batches of indices, one tensor each
+            loader_cls, sampler, batch_size = ResumableLoader, TrainBatches(dataset, self.batch_size, world, rank), None
+        elif train:
             loader_cls, sampler = ResumableLoader, TrainOrder(dataset, self.batch_size, world, rank)
         else:
             loader_cls, sampler = DataLoader, EvalShard(dataset, world, rank)
         return loader_cls(
             dataset,
-            batch_size=self.batch_size if train else self.eval_batch_size,
+            batch_size=batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self._pin(),
@@ -101,6 +127,11 @@ class MMFuseDataModule(L.LightningDataModule):
             return bool(self.pin_memory)
         trainer = self.trainer
         return trainer is not None and trainer.strategy.root_device.type == "cuda"
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """``move_to(batch, device)``: Lightning's generic mover does the same for any collection but walks
+        every object (dataclasses by deep copy), a fixed cost on every step."""
+        return move_to(batch, device)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +47,22 @@ def final_metrics(trainer: L.Trainer, module: MMFuseModule, datamodule: Any, run
     return dict(sorted(metrics.items()))
 
 
+@contextlib.contextmanager
+def setup_objects_frozen() -> Iterator[None]:
+    """Python's cyclic garbage collector kept off the objects that exist when training starts.
+
+    By then a run holds about half a million long-lived objects (torch, Lightning, Hydra, the config);
+    every full collection traverses all of them, about 0.25 s on a 2-core CPU once every few hundred
+    steps: 1-15% of a step of milliseconds. ``gc.freeze()`` moves them to the permanent generation;
+    ``gc.unfreeze()`` afterwards (also on failure) hands them back to the collector.
+    """
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train, evaluate, write ``results.json`` (rank 0). A reused run directory is skipped when its run
     completed, resumed when not (see ``mmfuse.resume``)."""
@@ -71,7 +90,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         datamodule = build_datamodule(cfg, module)
         trainer = build_trainer(cfg, module.task)
         log_run_config(trainer, cfg)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+        with setup_objects_frozen():
+            trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
         metrics = final_metrics(trainer, module, datamodule, run_test=bool(cfg.get("test", True)),
                                 last_checkpoint=last)
     except BaseException as e:

@@ -100,7 +100,10 @@ class PairDataset(Dataset):
         batch.update({name: t[pairs] for name, t in self.fields.items()})
         return batch
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, i: int | torch.Tensor) -> dict[str, Any]:
+        """Pair ``i``; a 1-D index tensor gives the batch of those pairs (what ``__getitems__`` gives)."""
+        if isinstance(i, torch.Tensor) and i.ndim == 1:
+            return self.__getitems__(i)
         return {k: _first(v) for k, v in self.__getitems__([i]).items()}
 
 

@@ -12,7 +12,9 @@ number of steps; the last global batch is split evenly.
 once, nothing padded, so the metrics reduced across ranks equal the one-process metrics. Ranks may get
 one sample (and so one batch) more than others; evaluation runs no collective per batch.
 
-Both subclass ``DistributedSampler`` so that Lightning keeps them instead of injecting its own.
+``TrainBatches`` is ``TrainOrder`` yielding each batch as one index tensor (the train loader uses it with
+``batch_size=None`` over datasets that take an index tensor). All subclass ``DistributedSampler`` so that
+Lightning keeps them instead of injecting its own.
 
 ``ResumableLoader`` counts the batches it has yielded in the current epoch; Lightning saves its
 ``state_dict()`` in every checkpoint and calls ``load_state_dict()`` when it resumes mid-epoch, and the
@@ -51,29 +53,49 @@ class TrainOrder(DistributedSampler):
         self.start_batch = 0  # batches of this rank to skip in the next epoch started (one-shot)
 
     def __len__(self) -> int:
+        return self.samples_per_rank()
+
+    def samples_per_rank(self) -> int:
         return math.ceil(len(self.dataset) / self.num_replicas)
 
-    def global_order(self) -> list[int]:
+    def global_order(self) -> torch.Tensor:
         n = len(self.dataset)
         if self.shuffle:
             g = torch.Generator()
             g.manual_seed(self.seed + self.epoch)
-            order = torch.randperm(n, generator=g).tolist()
+            order = torch.randperm(n, generator=g)
         else:
-            order = list(range(n))
-        padded = len(self) * self.num_replicas
-        while len(order) < padded:
-            order += order[: padded - len(order)]
+            order = torch.arange(n)
+        padded = self.samples_per_rank() * self.num_replicas
+        if padded > n:
+            order = torch.cat([order, order.repeat(math.ceil(padded / n))[: padded - n]])
         return order
 
-    def __iter__(self) -> Iterator[int]:
+    def batches(self) -> Iterator[torch.Tensor]:
+        """This rank's batches of the epoch as index tensors, after the ``start_batch`` skipped ones."""
         order = self.global_order()
         world, b = self.num_replicas, self.batch_size
         start, self.start_batch = self.start_batch * b * world, 0
         for begin in range(start, len(order), b * world):
             chunk = order[begin: begin + b * world]
             share = len(chunk) // world  # every chunk length is a multiple of world (padding above)
-            yield from chunk[self.rank * share: (self.rank + 1) * share]
+            yield chunk[self.rank * share: (self.rank + 1) * share].clone()  # not a view: sent to workers alone
+
+    def __iter__(self) -> Iterator[int]:
+        for batch in self.batches():
+            yield from batch.tolist()
+
+
+class TrainBatches(TrainOrder):
+    """``TrainOrder`` one batch at a time: each item is the ``LongTensor`` of a batch's sample indices, for a
+    ``DataLoader(batch_size=None)`` over a dataset that takes such a tensor (``PairDataset``). The same
+    batches, without collecting Python ints into a list per batch; ``len`` is the number of batches."""
+
+    def __len__(self) -> int:
+        return math.ceil(self.samples_per_rank() / self.batch_size)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return self.batches()
 
 
 class EvalShard(DistributedSampler):

@@ -241,6 +241,34 @@ def test_itm_eval_negatives_are_fixed_and_training_negatives_vary():
     assert len(draws) > 1
 
 
+def test_itm_training_loss_is_the_mean_over_valid_pairs_with_shapes_fixed_by_the_batch():
+    """Training scores every positive's negative (2B pairs, whatever the batch holds: no host sync to count
+    them) and weights invalid ones 0; the loss is the mean BCE over the valid pairs, bit for bit what
+    scoring only the valid pairs gives. Evaluation keeps only the valid pairs."""
+    g = torch.Generator().manual_seed(9)
+    model, task = DotModel(4), ITMTask(4, "mid", head="linear")
+    task.train()
+    for image_id in (coco_like(4, 2), torch.zeros(6, dtype=torch.long)):  # all valid; none valid (one image)
+        b = len(image_id)
+        batch = {"image": torch.randn(b, 4, generator=g), "text": torch.randn(b, 4, generator=g),
+                 "image_id": image_id, "text_id": torch.arange(b)}
+        torch.manual_seed(3)
+        loss, out = task.step(model, batch)
+        assert out["logits"].shape == (2 * b,) and out["labels"].tolist() == [1.0] * b + [0.0] * b
+        torch.manual_seed(3)  # the same negatives, scored the old way: only the valid pairs
+        neg_image, neg_text, valid = in_batch_negatives(image_id)
+        own = torch.arange(b)
+        image, text = model.encode_image(batch), model.encode_text(batch)
+        logits = task.pair_logits(model, image, text, torch.cat([own, neg_image[valid]]),
+                                  torch.cat([own, neg_text[valid]]))
+        labels = torch.cat([torch.ones(b), torch.zeros(int(valid.sum()))])
+        expected = F.binary_cross_entropy_with_logits(logits, labels)
+        assert torch.equal(loss, expected) if bool(valid.all()) else float(loss) == pytest.approx(float(expected), rel=1e-6)
+    task.eval()
+    _, out = task.step(model, batch)
+    assert out["logits"].shape == (b,) and out["labels"].tolist() == [1.0] * b  # no negative in evaluation
+
+
 def test_itm_with_a_dual_encoder_reranks_when_pairs_exceed_the_budget():
     g = torch.Generator().manual_seed(6)
     text_image = coco_like(12)

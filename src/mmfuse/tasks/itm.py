@@ -150,16 +150,24 @@ class ITMTask(Task):
             loss = loss + self.contrastive_weight * itc_loss
             itc_sim = u @ v.T
         neg_image, neg_text, valid, kind = self._negatives(model, image, text, image_ids, itc_sim, batch)
+        device = image.pooled.device
         own = torch.arange(b, device=image_ids.device)
-        image_idx = torch.cat([own, neg_image[valid]])
-        text_idx = torch.cat([own, neg_text[valid]])
-        labels = torch.cat([torch.ones(b), torch.zeros(int(valid.sum()))]).to(image.pooled.device)
+        image_idx, text_idx = torch.cat([own, neg_image]), torch.cat([own, neg_text])
+        labels = torch.cat([torch.ones(b, device=device), torch.zeros(b, device=device)])  # made there: no copy
+        pair_type = torch.cat([torch.zeros(b, dtype=torch.long, device=device),
+                               torch.full((b,), kind, dtype=torch.long, device=device)])
+        weight = torch.cat([torch.ones(b, dtype=torch.float32, device=device), valid.float().to(device)])
+        if not self.training:  # only the valid negatives, so that the metrics count real pairs only
+            keep = weight.bool()
+            image_idx, text_idx, labels, pair_type = image_idx[keep], text_idx[keep], labels[keep], pair_type[keep]
         logits = self.pair_logits(model, image, text, image_idx, text_idx)
         per_sample = F.binary_cross_entropy_with_logits(logits.float(), labels, reduction="none")
-        loss = loss + per_sample.mean()
-        pair_type = torch.cat([torch.zeros(b, dtype=torch.long), torch.full((int(valid.sum()),), kind)])
+        if self.training:  # the mean over the valid pairs, with shapes that do not depend on how many
+            loss = loss + (per_sample * weight).mean() * (weight.numel() / weight.sum())
+        else:
+            loss = loss + per_sample.mean()
         outputs = {"logits": logits.detach().float(), "loss": per_sample.detach(), "labels": labels,
-                   "pair_type": pair_type.to(labels.device), "image": image, "text": text,
+                   "pair_type": pair_type, "image": image, "text": text,
                    "itc": (u.detach(), v.detach()) if u is not None else None,
                    "needs_tokens": bool(getattr(model.fusion, "needs_tokens", True))}
         return loss, outputs

@@ -34,7 +34,9 @@ def in_batch_negatives(image_ids: torch.Tensor, scores: torch.Tensor | None = No
         weights = torch.softmax(oriented.float().masked_fill(~candidates, float("-inf")), dim=1)
         weights = torch.nan_to_num(weights, nan=0.0)
     weights = torch.where(valid[:, None], weights, torch.ones_like(weights))  # any row; masked by valid
-    other = torch.multinomial(weights.cpu(), 1, generator=generator).squeeze(1).to(image_ids.device)
+    # drawn where the generator lives (the default one: the batch's device, so no wait for the GPU)
+    other = torch.multinomial(weights.to(generator.device) if generator is not None else weights, 1,
+                              generator=generator).squeeze(1).to(image_ids.device)
     own = torch.arange(b, device=image_ids.device)
     even = own % 2 == 0
     neg_image = torch.where(even, own, other)

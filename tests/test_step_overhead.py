@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import gc
+import weakref
 from pathlib import Path
 
 import lightning as L
@@ -18,6 +19,7 @@ from conftest import FAST, Items
 from mmfuse.builder import build_datamodule, build_module, build_trainer
 from mmfuse.data.samplers import ResumableLoader, TrainBatches, TrainOrder
 from mmfuse.datamodule import collate, move_to
+from mmfuse.errors import MMFuseError
 from mmfuse.module import MMFuseModule
 from mmfuse.train import setup_objects_frozen, train
 from mmfuse.types import EncoderOutput
@@ -151,3 +153,35 @@ def test_setup_objects_are_frozen_while_training_and_handed_back_after(make_cfg,
 def _with_callback(trainer: L.Trainer, callback: L.Callback) -> L.Trainer:
     trainer.callbacks.append(callback)
     return trainer
+
+
+def test_garbage_from_before_training_is_collected_not_frozen():
+    """An earlier run's trainer and module (a reference cycle) must not be frozen into the permanent
+    generation by the next run: in a sweep run in one process they would never be freed."""
+    class Run:
+        pass
+
+    earlier = Run()
+    earlier.me = earlier  # a cycle: only the cyclic collector frees it
+    alive = weakref.ref(earlier)
+    del earlier
+    with setup_objects_frozen():
+        gc.collect()
+        assert alive() is None
+
+
+def test_the_loss_is_logged_every_step_when_a_callback_monitors_it(make_cfg, monkeypatch, tmp_path):
+    cfg = make_cfg(*FAST, "trainer.log_every_n_steps=3", "test=false",
+                   "+callbacks.watch._target_=lightning.pytorch.callbacks.ModelCheckpoint",
+                   "+callbacks.watch.monitor=train/loss", "+callbacks.watch.every_n_train_steps=2",
+                   f"+callbacks.watch.dirpath={tmp_path / 'watch'}")
+    calls = []
+    log = MMFuseModule.log
+    monkeypatch.setattr(MMFuseModule, "log", lambda self, name, *a, **k: (calls.append(name), log(self, name, *a, **k)))
+    train(cfg)
+    assert calls.count("train/loss") == 8  # every step of 512 pairs / 64
+
+
+def test_overfit_batches_is_refused_with_the_fix(make_cfg):
+    with pytest.raises(MMFuseError, match=r"trainer.overfit_batches=2: not supported .* Fix: .*data.num_train"):
+        train(make_cfg(*FAST, "+trainer.overfit_batches=2"))

@@ -43,6 +43,7 @@ class MMFuseModule(L.LightningModule):
         self.config = config or {}
         self.lr_mult = dict(lr_mult or {})
         self.last_validated_step = -1
+        self._log_every_step = False
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Lightning sets _current_fx_name around every hook, about 50 times a step; nn.Module's
@@ -62,16 +63,23 @@ class MMFuseModule(L.LightningModule):
                      batch_size=_batch_size(batch))
         return loss
 
+    def on_train_start(self) -> None:
+        callbacks = getattr(self.trainer, "callbacks", [])
+        self._log_every_step = self.trainer.log_every_n_steps == 0 or any(
+            getattr(cb, "monitor", None) == "train/loss" for cb in callbacks)
+
     def _logs_this_step(self) -> bool:
-        """Whether the loggers write this step's metrics (every ``trainer.log_every_n_steps``).
+        """Whether to ``self.log`` the loss this step: on the steps the loggers write (every
+        ``trainer.log_every_n_steps``, Lightning's own criterion), and on every step when a callback
+        monitors ``train/loss`` or ``log_every_n_steps`` is 0 (then only the progress bar shows it).
 
         ``self.log`` costs a fraction of a millisecond, as much as a whole step of a fusion head on cached
         features, and a step-only value logged on other steps is never written (the progress bar shows the
-        last written one). Lightning's own criterion; without a trainer, or on a Lightning without it, True.
+        last written one). Without a trainer, or on a Lightning without that criterion, True.
         """
         trainer = self._trainer
         connector = getattr(trainer, "_logger_connector", None)
-        if connector is None or not hasattr(connector, "should_update_logs"):
+        if connector is None or not hasattr(connector, "should_update_logs") or self._log_every_step:
             return True
         return bool(connector.should_update_logs or trainer.fast_dev_run)
 

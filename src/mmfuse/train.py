@@ -54,8 +54,11 @@ def setup_objects_frozen() -> Iterator[None]:
     By then a run holds about half a million long-lived objects (torch, Lightning, Hydra, the config);
     every full collection traverses all of them, about 0.25 s on a 2-core CPU once every few hundred
     steps: 1-15% of a step of milliseconds. ``gc.freeze()`` moves them to the permanent generation;
-    ``gc.unfreeze()`` afterwards (also on failure) hands them back to the collector.
+    ``gc.unfreeze()`` afterwards (also on failure) hands them back to the collector. One collection
+    first, so that garbage is not frozen with them: a sweep's earlier jobs in the same process (Hydra's
+    basic launcher, Optuna) are cycles of trainer and module that only the collector frees.
     """
+    gc.collect()
     gc.freeze()
     try:
         yield

@@ -39,3 +39,9 @@ def validate_train_config(cfg: DictConfig) -> None:
     require_number(cfg, "trainer.max_epochs", "10", minimum=-1, integer=True, optional=True)
     require_number(cfg, "trainer.max_steps", "1000", minimum=-1, integer=True, optional=True)
     require_number(cfg, "seed", "42", integer=True, optional=True)
+    if cfg.trainer.get("overfit_batches"):
+        raise MMFuseError(
+            f"trainer.overfit_batches={cfg.trainer.overfit_batches}: not supported (Lightning replaces the "
+            "training sampler that keeps the data order and mid-epoch resume). Fix: train on a small set "
+            "instead, e.g. data.num_train=256 trainer.max_epochs=50, or debug=fast"
+        )

@@ -89,13 +89,14 @@ class StepTimer(L.Callback):
                                          "losses": [float(v) for v in self.losses]}))
 
 
-def timer_stats(path: Path, skip: int = 5) -> dict[str, float]:
+def timer_stats(path: Path, skip: int = 5, min_epoch: int = 0) -> dict[str, float]:
     """Mean seconds per step and the fraction of it spent waiting for data, over the steps after the
-    first ``skip`` that follow a step of the same epoch (validation between epochs is left out)."""
+    first ``skip`` that follow a step of the same epoch (validation between epochs is left out), in
+    epochs ``min_epoch`` and later."""
     t = json.loads(Path(path).read_text())
     steps, waits = [], []
     for k in range(max(skip, 1), len(t["ends"])):
-        if t["epochs"][k] == t["epochs"][k - 1]:
+        if t["epochs"][k] == t["epochs"][k - 1] and t["epochs"][k] >= min_epoch:
             steps.append(t["ends"][k] - t["ends"][k - 1])
             waits.append(t["starts"][k] - t["ends"][k - 1])
     if not steps:

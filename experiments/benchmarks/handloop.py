@@ -71,26 +71,37 @@ def param_groups(model: Any, task: Any, lr: float, lr_mult: dict[str, float]) ->
     return groups
 
 
-def hand_train(cfg: DictConfig, steps: int, cached: bool = False) -> tuple[list[float], list[float]]:
-    seed = int(cfg.seed)
-    seed_all(seed)
+def prepare(cfg: DictConfig) -> tuple[Any, Any, dict[str, Any]]:
+    """Seeded like mmfuse's run: the model and task (train mode) and the training pairs."""
+    seed_all(int(cfg.seed))
     model, task = build_model(cfg)
     data = training_pairs(cfg, model)
     model.train()
     task.train()
-    if cached:
-        image_feats, text_feats = encode_all(model, data)
+    return model, task, data
+
+
+def optimizer_and_scheduler(cfg: DictConfig, model: Any, task: Any, n: int) -> tuple[Any, Any]:
+    """AdamW over the per-part groups and the warm-up + cosine schedule over the run's optimizer steps."""
     opt_cfg = OmegaConf.to_container(cfg.optimizer, resolve=True)
     lr_mult = OmegaConf.to_container(cfg.lr_mult) if cfg.get("lr_mult") else {}
     optimizer = torch.optim.AdamW(param_groups(model, task, opt_cfg["lr"], lr_mult), lr=opt_cfg["lr"],
                                   weight_decay=opt_cfg["weight_decay"])
-    n, bs = len(data["label"]), int(cfg.data.batch_size)
-    per_epoch = math.ceil(n / bs)
-    total = int(cfg.trainer.max_epochs) * per_epoch
+    total = int(cfg.trainer.max_epochs) * math.ceil(n / int(cfg.data.batch_size))
     if cfg.trainer.get("max_steps", -1) not in (None, -1):
         total = min(total, int(cfg.trainer.max_steps))
     scheduler = warmup_cosine(optimizer, total_steps=total,
                               warmup_fraction=float(cfg.scheduler.get("warmup_fraction", 0.05)))
+    return optimizer, scheduler
+
+
+def hand_train(cfg: DictConfig, steps: int, cached: bool = False) -> tuple[list[float], list[float]]:
+    seed = int(cfg.seed)
+    model, task, data = prepare(cfg)
+    if cached:
+        image_feats, text_feats = encode_all(model, data)
+    n, bs = len(data["label"]), int(cfg.data.batch_size)
+    optimizer, scheduler = optimizer_and_scheduler(cfg, model, task, n)
     ids, mask = data["text"]["input_ids"], data["text"]["attention_mask"]
     empty = torch.zeros(bs, 0, 1)
     losses, starts = [], []

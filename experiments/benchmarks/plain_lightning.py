@@ -21,12 +21,10 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from common import StepTimer, timer_stats
-from handloop import encode_all, param_groups, seed_all, training_pairs
-from omegaconf import DictConfig, OmegaConf
+from handloop import encode_all, optimizer_and_scheduler, prepare
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from mmfuse.builder import build_model
-from mmfuse.optim import warmup_cosine
 from mmfuse.types import EncoderOutput
 
 
@@ -62,9 +60,9 @@ class PooledPairs(Dataset):
 
 
 class PlainModule(L.LightningModule):
-    def __init__(self, model: Any, task: Any, cfg: DictConfig, total_steps: int) -> None:
+    def __init__(self, model: Any, task: Any, cfg: DictConfig, n: int) -> None:
         super().__init__()
-        self.model, self.task, self.cfg, self.total_steps = model, task, cfg, total_steps
+        self.model, self.task, self.cfg, self.n = model, task, cfg, n
         self.losses: list[torch.Tensor] = []
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -77,29 +75,17 @@ class PlainModule(L.LightningModule):
         return loss
 
     def configure_optimizers(self) -> Any:
-        opt_cfg = OmegaConf.to_container(self.cfg.optimizer, resolve=True)
-        lr_mult = OmegaConf.to_container(self.cfg.lr_mult) if self.cfg.get("lr_mult") else {}
-        optimizer = torch.optim.AdamW(param_groups(self.model, self.task, opt_cfg["lr"], lr_mult), lr=opt_cfg["lr"],
-                                      weight_decay=opt_cfg["weight_decay"])
-        scheduler = warmup_cosine(optimizer, total_steps=self.total_steps,
-                                  warmup_fraction=float(self.cfg.scheduler.get("warmup_fraction", 0.05)))
+        optimizer, scheduler = optimizer_and_scheduler(self.cfg, self.model, self.task, self.n)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 def plain_lightning_train(cfg: DictConfig, steps: int) -> tuple[list[float], dict[str, float]]:
-    seed = int(cfg.seed)
-    seed_all(seed)
-    model, task = build_model(cfg)
-    data = training_pairs(cfg, model)
-    model.train()
-    task.train()
+    model, task, data = prepare(cfg)
     image, text = encode_all(model, data)
-    n, bs = len(data["label"]), int(cfg.data.batch_size)
-    total = int(cfg.trainer.max_epochs) * math.ceil(n / bs)
-    if cfg.trainer.get("max_steps", -1) not in (None, -1):
-        total = min(total, int(cfg.trainer.max_steps))
-    module = PlainModule(model, task, cfg, total)
-    loader = DataLoader(PooledPairs(image, text, data), batch_size=None, sampler=EpochPermutation(n, bs, seed))
+    n = len(data["label"])
+    module = PlainModule(model, task, cfg, n)
+    loader = DataLoader(PooledPairs(image, text, data), batch_size=None,
+                        sampler=EpochPermutation(n, int(cfg.data.batch_size), int(cfg.seed)))
     with tempfile.TemporaryDirectory() as tmp:
         timer = StepTimer(str(Path(tmp) / "timer.json"))
         trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, max_epochs=-1, logger=False,

@@ -115,6 +115,32 @@ def test_the_image_transform_runs_on_the_device_of_its_input():
                           torch.tensor([2.5, 3.0, 3.5]))
 
 
+@pytest.mark.parametrize("compile_arg, graphs_after", [("{backend:eager}", "same"), ("{backend:eager,dynamic:false}", "more")])
+def test_compiled_encoders_compile_once_for_every_batch_size_and_text_length(make_cfg, compile_arg, graphs_after):
+    """Text batches are as long as their longest caption and an epoch's last batch is smaller: with
+    trainer.compile the batch and length dimensions are marked dynamic, so new shapes reuse the first
+    graphs (image encoder, text encoder, fusion); a compile mapping that sets ``dynamic`` turns the marks
+    off, and each new shape then recompiles (the check that the count can fail)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    cfg = make_cfg(*ON_CPU, f"trainer.compile={compile_arg}", "encoder.image=resnet18", "encoder.image.pretrained=false",
+                   "fusion=cross_attention")
+    model = build_module(cfg).model
+    assert model.dynamic_shapes is (graphs_after == "same")
+    graphs = []
+    for batch, length in [(8, 5), (8, 9), (8, 12), (5, 7), (3, 4)]:
+        out = model({"image": torch.randn(batch, 3, 32, 32), "input_ids": torch.randint(1, 40, (batch, length)),
+                     "attention_mask": torch.ones(batch, length, dtype=torch.long)})
+        out.pow(2).mean().backward()
+        assert out.shape[0] == batch
+        graphs.append(counters["stats"]["unique_graphs"])
+    torch._dynamo.reset()
+    assert graphs[0] == 3  # image encoder, text encoder, fusion
+    assert (graphs[-1] == graphs[0]) is (graphs_after == "same") and graphs == sorted(graphs)
+
+
 def test_bad_speed_options_name_the_field(make_cfg):
     module = build_module(make_cfg(*FAST))
     with pytest.raises(MMFuseError, match="trainer.compile='fastest'"):

@@ -8,7 +8,8 @@ A trainer config may carry mmfuse's speed options besides Lightning ``Trainer`` 
 ``conf/trainer/gpu.yaml``): ``channels_last`` (CNN image encoders, weights and inputs, in NHWC),
 ``compile`` (``false``, ``true``, a ``torch.compile`` mode or a mapping of its arguments: encoders,
 fusion and the task's head are compiled in place with ``nn.Module.compile``, so checkpoints keep
-their keys) and ``float32_matmul_precision`` (``highest | high | medium``).
+their keys; batch size and text length are marked dynamic, so they compile once, unless the mapping
+sets ``dynamic``) and ``float32_matmul_precision`` (``highest | high | medium``).
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ def apply_speed_options(module: MMFuseModule, trainer_cfg: Any) -> None:
     else:
         raise MMFuseError(f"trainer.compile={mode!r}: expected false, true, a torch.compile mode {COMPILE_MODES} "
                           "or a mapping of torch.compile arguments, e.g. trainer.compile={backend:eager}")
+    model.dynamic_shapes = "dynamic" not in kwargs
     for part in (model.image_encoder, model.text_encoder, model.fusion, getattr(module.task, "head", None)):
         if part is not None:
             part.compile(**kwargs)

@@ -23,6 +23,12 @@ class FusionModel(nn.Module):
     has encoded (the feature cache encodes through ``encode_image`` / ``encode_text`` too).
     ``image_memory_format`` (``torch.channels_last`` for CNNs on a GPU) is applied to the images
     before the image encoder.
+
+    ``dynamic_shapes`` (set when ``trainer.compile`` compiles the parts, unless it passes ``dynamic``):
+    the batch size of every encoder and fusion input, and the text length, are marked as dynamic for
+    ``torch.compile`` (``torch._dynamo.maybe_mark_dynamic``). Text batches are as long as their longest
+    text and an epoch's last batch is smaller; without the marks each new shape recompiles the encoders
+    (a static graph, then one dynamic in length, then one in batch size); with them, once.
     """
 
     def __init__(self, image_encoder: Encoder, text_encoder: Encoder, fusion: Fusion) -> None:
@@ -32,6 +38,7 @@ class FusionModel(nn.Module):
         self.fusion = fusion
         self.encoded_samples = {"image": 0, "text": 0}
         self.image_memory_format = torch.contiguous_format
+        self.dynamic_shapes = False
 
     def encode_image(self, batch: dict[str, Any]) -> EncoderOutput:
         if "image_features" in batch:
@@ -40,6 +47,7 @@ class FusionModel(nn.Module):
         self.encoded_samples["image"] += images.shape[0]
         if self.image_memory_format is not torch.contiguous_format:
             images = images.contiguous(memory_format=self.image_memory_format)
+        self._mark_dynamic(images, 0)
         with _no_grad_if(self.image_encoder.fully_frozen):
             return self.image_encoder(images)
 
@@ -47,15 +55,28 @@ class FusionModel(nn.Module):
         if "text_features" in batch:
             return self._cast(batch["text_features"])
         self.encoded_samples["text"] += batch["input_ids"].shape[0]
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        self._mark_dynamic(ids, 0, 1)
+        self._mark_dynamic(mask, 0, 1)
         with _no_grad_if(self.text_encoder.fully_frozen):
-            return self.text_encoder(batch["input_ids"], batch["attention_mask"])
+            return self.text_encoder(ids, mask)
 
     def _cast(self, features: EncoderOutput) -> EncoderOutput:
         dtype = torch.get_default_dtype()  # float32, or the dtype Lightning's "16-true" / "bf16-true" set
         return EncoderOutput(*(t.to(dtype) if t.is_floating_point() else t for t in features))
 
+    def _mark_dynamic(self, tensor: torch.Tensor, *dims: int) -> None:
+        if self.dynamic_shapes:
+            for dim in dims:
+                torch._dynamo.maybe_mark_dynamic(tensor, dim)
+
     def forward(self, batch: dict[str, Any]) -> torch.Tensor | LateOutput:
-        return self.fusion(self.encode_image(batch), self.encode_text(batch))
+        image, text = self.encode_image(batch), self.encode_text(batch)
+        for t in (*image, text.pooled):
+            self._mark_dynamic(t, 0)
+        self._mark_dynamic(text.tokens, 0, 1)  # the text length
+        self._mark_dynamic(text.mask, 0, 1)
+        return self.fusion(image, text)
 
 
 def _no_grad_if(condition: bool) -> contextlib.AbstractContextManager:

@@ -16,9 +16,14 @@ check). Four parts (``--parts``, in the order given):
 ``memory``: peak GPU memory (max allocated) of the default run (``trainer=gpu``, one epoch) and of the
   real-data run (frozen MobileNetV2 + MiniLM, cached features).
 ``compile``: the last training row again with ``torch.compile`` (last by default: compiling can take
-  minutes, and a lease that ends during it loses only this row), timed from the third epoch on: text
-  batches are as long as their longest caption, so the first batches of new lengths and the smaller
-  last batch of an epoch recompile (a static graph, then one dynamic in length, then in batch size).
+  minutes, and a lease that ends during it loses only this row), timed from the second epoch on (the
+  first holds the compilation; batch size and text length are marked dynamic, so it compiles once).
+
+``--profile`` adds a ``torch.profiler`` trace of 3 steps to every training row, taken before its timed
+steps (``profiling.py``): the fraction of those steps' wall time the GPU was busy, and each row's
+``ops.md`` (top operators) and ``trace.json`` under the output folder. ``--train-repeat N`` trains on
+the COCO sample repeated N times (400 pairs each: batch 256 needs more than 2 steps an epoch), and
+``--rows`` picks flag rows by number (0 = fp32 ... 4 = all flags).
 
 Each part's table is printed as soon as it is measured, and a row or part that fails prints its error
 and the rest goes on (a lease of GPU time is short). ``MMFUSE_SHARED=<folder>`` points at a copy of
@@ -54,6 +59,7 @@ from common import (
     timer_stats,
     use_shared_assets,
 )
+from profiling import add_profiler
 
 from mmfuse.builder import build_datamodule, build_module
 from mmfuse.data.images import FilePairDataset, ImageFiles
@@ -73,6 +79,34 @@ def bert_base_folder(out: Path) -> Path:
         if (MINILM / name).is_file():
             shutil.copy(MINILM / name, folder / name)
     return folder
+
+
+def repeated_coco(out: Path, times: int) -> Path:
+    """The COCO sample's train split ``times`` times (the same JPEGs under new names and ids, linked),
+    its val split as it is, in the official layout."""
+    if times == 1:
+        return COCO
+    root = out / f"coco_mini_x{times}"
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    (root / "train2017").mkdir(exist_ok=True)
+    if not (root / "val2017").exists():
+        (root / "val2017").symlink_to(COCO / "val2017", target_is_directory=True)
+    shutil.copy(COCO / "annotations" / "captions_val2017.json", root / "annotations")
+    train = json.loads((COCO / "annotations" / "captions_train2017.json").read_text())
+    offset = 1 + max(image["id"] for image in train["images"])
+    images, annotations = [], []
+    for r in range(times):
+        for image in train["images"]:
+            name = f"r{r}_{image['file_name']}"
+            link = root / "train2017" / name
+            if not link.exists():
+                link.symlink_to(COCO / "train2017" / image["file_name"])
+            images.append({**image, "id": image["id"] + r * offset, "file_name": name})
+        annotations += [{**a, "id": len(annotations) + i + 1, "image_id": a["image_id"] + r * offset}
+                        for i, a in enumerate(train["annotations"])]
+    (root / "annotations" / "captions_train2017.json").write_text(json.dumps({**train, "images": images,
+                                                                              "annotations": annotations}))
+    return root
 
 
 def peak_mb() -> int | str:
@@ -99,11 +133,11 @@ def models(out: Path, args: argparse.Namespace) -> tuple[str, ...]:
 def train_part(out: Path, args: argparse.Namespace, base: tuple[str, ...], compile_row: bool = False) -> str:
     """The flag rows (``compile_row=False``), or the last row alone: all flags + torch.compile (its own
     part, run last, since compiling may take minutes; "vs previous" then compares with the flag rows)."""
-    data = ("data=coco_captions", f"data.root={COCO}", f"data.batch_size={args.batch}", f"data.num_workers={args.workers}",
+    data = ("data=coco_captions", f"data.root={repeated_coco(out, args.train_repeat)}", f"data.batch_size={args.batch}", f"data.num_workers={args.workers}",
             "fusion=mul", "task.retrieval=false", "test=false", "callbacks.progress_bar=null", "callbacks.lr_monitor=null",
             "callbacks.model_checkpoint=null", "callbacks.last_checkpoint=null",
             "++trainer.enable_checkpointing=false",
-            "trainer.check_val_every_n_epoch=1000", f"trainer.max_epochs={args.epochs}", *(("data.num_train=16", "data.num_val=8") if args.quick else ()))
+            "trainer.check_val_every_n_epoch=1000", "trainer.num_sanity_val_steps=0", f"trainer.max_epochs={args.epochs}", *(("data.num_train=16", "data.num_val=8") if args.quick else ()))
     fp32 = ("trainer.precision=32-true", "trainer.channels_last=false", "trainer.benchmark=false",
             "trainer.float32_matmul_precision=highest", "data.pin_memory=false", "data.persistent_workers=false")
     compile_arg = "trainer.compile=true" if args.compile_backend == "inductor" else \
@@ -120,29 +154,36 @@ def train_part(out: Path, args: argparse.Namespace, base: tuple[str, ...], compi
     first, previous = args.rates.get("first"), args.rates.get("previous")
     for i, (name, change) in enumerate(steps):
         flags += change
-        if compile_row != (i == len(steps) - 1):
+        if compile_row != (i == len(steps) - 1) or (not compile_row and i not in args.rows):
             continue
         run_dir = out / f"train-{i}"
         cfg = compose_run(run_dir, (*base, *data, *flags))
         add_timer(cfg, run_dir / "timer.json")
+        if args.profile:  # 3 steps before the timed ones
+            add_profiler(cfg, run_dir / "profile", start=max(args.batch_skip - 4, 1))
         reset_peak()
         try:
             results = train(cfg)
-            # compiled: the first two epochs hold the recompilations (a new text length, the smaller last batch)
-            stats = timer_stats(run_dir / "timer.json", skip=args.batch_skip, min_epoch=2 if compile_row and args.epochs > 3 else 0)
+            # compiled: the first epoch holds the compilation
+            stats = timer_stats(run_dir / "timer.json", skip=args.batch_skip, min_epoch=1 if compile_row and args.epochs > 1 else 0)
         except Exception as e:  # noqa: BLE001 - one flag failing must not lose the other rows
-            rows.append([name, "-", "-", "-", "-", peak_mb(), f"failed: {type(e).__name__}: {str(e)[:200]}"])
+            rows.append([name, "-", "-", "-", "-", "-", "-", peak_mb(), f"failed: {type(e).__name__}: {str(e)[:200]}"])
             print(rows[-1], flush=True)
             continue
         rate = args.batch / stats["step_s"]
-        first = first or rate
-        rows.append([name, round(rate, 1), f"{rate / (previous or rate):.2f}x", f"{rate / first:.2f}x",
-                     f"{stats['wait_fraction']:.2f}", peak_mb(), results["status"]])
+        first = first or (rate if i == 0 else None)
+        profiled = run_dir / "profile" / "summary.json"
+        busy = json.loads(profiled.read_text())["device_busy_fraction"] if profiled.is_file() else None
+        rows.append([name, round(rate, 1), f"{rate / previous:.2f}x" if previous else "-",
+                     f"{rate / first:.2f}x" if first else "-",
+                     f"{stats['wait_fraction']:.2f}", "-" if busy is None else f"{busy:.2f}", stats["steps"],
+                     peak_mb(), results["status"]])
         previous = args.rates["previous"] = rate
-        args.rates.setdefault("first", first)
+        if first:
+            args.rates.setdefault("first", first)
         print(rows[-1], flush=True)
     return table(["flags (cumulative)", "samples/s", "vs previous", "vs fp32", "waiting for data",
-                  "peak GPU MiB", "status"], rows)
+                  "GPU busy (profiled)", "steps timed", "peak GPU MiB", "status"], rows)
 
 
 def extract_part(out: Path, args: argparse.Namespace, base: tuple[str, ...]) -> str:
@@ -221,6 +262,9 @@ def main() -> None:
                         help="epochs of each training measurement (default 6, of 7 steps each; 1 with --quick)")
     parser.add_argument("--batch-skip", type=int, default=None, help="warm-up steps left out (default 8; 2 with --quick)")
     parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--train-repeat", type=int, default=1, help="train on the COCO sample repeated this many times")
+    parser.add_argument("--rows", default="0,1,2,3,4", help="which flag rows the train part measures (0 = fp32 ... 4 = all)")
+    parser.add_argument("--profile", action="store_true", help="a profiler trace of 3 steps per training row")
     parser.add_argument("--repeat", type=int, default=8, help="times the COCO sample is repeated for extraction")
     parser.add_argument("--extract-batch", type=int, default=256)
     parser.add_argument("--compile-backend", default="inductor")
@@ -229,6 +273,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "benchmarks" / "gpu")
     args = parser.parse_args()
     args.batch = args.batch or (8 if args.quick else 64)
+    args.rows = {int(r) for r in args.rows.split(",")}
     args.rates = {}  # the train part's first and last rates, for the compile part's comparisons
     args.epochs = args.epochs or (1 if args.quick else 6)
     args.batch_skip = args.batch_skip if args.batch_skip is not None else (2 if args.quick else 8)
@@ -242,7 +287,8 @@ def main() -> None:
     on_device = ("trainer=gpu",) + (("trainer.accelerator=cpu",) if args.device == "cpu" else ())
     base = (*on_device, *models(out, args))
     encoders = f"{args.image} + {args.text} (random weights)"
-    titles = {"train": f"Training throughput, {encoders}, ITM on coco_mini (batch {args.batch}, {args.workers} workers):",
+    titles = {"train": f"Training throughput, {encoders}, ITM on coco_mini"
+                       f"{f' x{args.train_repeat}' if args.train_repeat > 1 else ''} (batch {args.batch}, {args.workers} workers):",
               "extract": f"Feature extraction (building the cache), frozen {encoders}:",
               "memory": "Peak GPU memory:"}
     titles["compile"] = titles["train"].replace("Training throughput", "Training throughput with torch.compile")

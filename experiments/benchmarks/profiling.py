@@ -6,7 +6,8 @@
 - ``trace.json``: the Chrome trace (open it in https://ui.perfetto.dev or chrome://tracing);
 - ``ops.md``: the operators that took the most device time (the CPU's time on a CPU-only run);
 - ``summary.json``: ``wall_s`` per step (host clock, the device synchronised at both ends),
-  ``device_busy_s`` per step (the sum of the device's kernel and copy times, from the trace) and
+  ``device_busy_s`` per step (the union of the intervals in which the device ran a kernel or a copy,
+  from the trace's device events; overlapping streams count once) and
   ``device_busy_fraction = device_busy_s / wall_s``. A fraction well below 1 means the device waits:
   for the host launching kernels one by one, for data, or for a sync.
 """
@@ -20,7 +21,18 @@ from typing import Any
 
 import lightning as L
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
+
+
+def busy_time(intervals: list[tuple[float, float]]) -> float:
+    """The length of the union of ``[start, end)`` intervals."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
 
 
 def _sync() -> None:
@@ -76,7 +88,8 @@ class StepProfiler(L.Callback):
         on_gpu = torch.cuda.is_available()
         sort_by = "self_device_time_total" if on_gpu else "self_cpu_time_total"
         (self.folder / "ops.md").write_text(averages.table(sort_by=sort_by, row_limit=25) + "\n")
-        busy_us = sum(getattr(a, "self_device_time_total", 0) for a in averages) if on_gpu else 0.0
+        busy_us = busy_time([(e.time_range.start, e.time_range.end) for e in prof.events()
+                             if e.device_type == DeviceType.CUDA]) if on_gpu else 0.0
         summary = {"steps": self.steps, "wall_s": wall / self.steps, "device_busy_s": busy_us / 1e6 / self.steps,
                    "device_busy_fraction": busy_us / 1e6 / wall if on_gpu else None}
         (self.folder / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -141,6 +141,35 @@ def test_compiled_encoders_compile_once_for_every_batch_size_and_text_length(mak
     assert (graphs[-1] == graphs[0]) is (graphs_after == "same") and graphs == sorted(graphs)
 
 
+@pytest.mark.shared
+def test_compiled_text_is_padded_to_a_multiple_of_8_and_encodes_as_before(make_cfg):
+    """With trainer.compile, text batches get masked padding up to a multiple of 8 tokens (GPU kernels
+    compiled for 8-aligned lengths recompiled for the others); a BERT-architecture encoder (MiniLM)
+    then gives the same pooled vectors and the same real-token states."""
+    minilm = needs_shared("weights", "all-MiniLM-L6-v2")
+    cfg = make_cfg(*ON_CPU, "trainer.compile={backend:eager}", "encoder.text=minilm",
+                   f"encoder.text.name_or_path={minilm}", "encoder.text.pretrained=false")
+    model = build_module(cfg).model.eval()
+    batch = model.text_encoder.tokenizer(["a dog on a red skateboard", "two cats"])
+    length = batch["input_ids"].shape[1]
+    assert length % 8 != 0
+    with torch.no_grad():
+        model.dynamic_shapes = False
+        plain = model.text_encoder(batch["input_ids"], batch["attention_mask"])
+        model.dynamic_shapes = True
+        ids, mask = model._pad_text(batch["input_ids"], batch["attention_mask"])
+        padded = model.text_encoder(ids, mask)
+    assert ids.shape[1] == -(-length // 8) * 8 and (ids[:, length:] == model.text_pad_id).all()
+    assert model.text_pad_id == model.text_encoder.tokenizer.tokenizer.pad_token_id
+    assert not mask[:, length:].any() and torch.equal(mask[:, :length], batch["attention_mask"])
+    torch.testing.assert_close(padded.pooled, plain.pooled, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(padded.tokens[:, :length][plain.mask], plain.tokens[plain.mask], atol=1e-5, rtol=1e-5)
+
+    capped = FusionModel(torch.nn.Identity(), SimpleNamespace(tokenizer=SimpleNamespace(max_length=20)), torch.nn.Identity())
+    assert capped._pad_text(torch.ones(2, 19, dtype=torch.long), torch.ones(2, 19))[0].shape == (2, 20)  # not 24
+    assert capped._pad_text(torch.ones(2, 16, dtype=torch.long), torch.ones(2, 16))[0].shape == (2, 16)
+
+
 def test_bad_speed_options_name_the_field(make_cfg):
     module = build_module(make_cfg(*FAST))
     with pytest.raises(MMFuseError, match="trainer.compile='fastest'"):

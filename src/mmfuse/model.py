@@ -28,7 +28,8 @@ class FusionModel(nn.Module):
     the batch size of every encoder and fusion input, and the text length, are marked as dynamic for
     ``torch.compile`` (``torch._dynamo.maybe_mark_dynamic``). Text batches are as long as their longest
     text and an epoch's last batch is smaller; without the marks each new shape recompiles the encoders
-    (a static graph, then one dynamic in length, then one in batch size); with them, once.
+    (a static graph, then one dynamic in length, then one in batch size); with them, once. Text is
+    then also padded to a multiple of 8 tokens (masked), the alignment compiled GPU kernels assume.
     """
 
     def __init__(self, image_encoder: Encoder, text_encoder: Encoder, fusion: Fusion) -> None:
@@ -39,6 +40,8 @@ class FusionModel(nn.Module):
         self.encoded_samples = {"image": 0, "text": 0}
         self.image_memory_format = torch.contiguous_format
         self.dynamic_shapes = False
+        pad_id = getattr(getattr(getattr(text_encoder, "tokenizer", None), "tokenizer", None), "pad_token_id", None)
+        self.text_pad_id = pad_id if isinstance(pad_id, int) else 0
 
     def encode_image(self, batch: dict[str, Any]) -> EncoderOutput:
         if "image_features" in batch:
@@ -56,6 +59,8 @@ class FusionModel(nn.Module):
             return self._cast(batch["text_features"])
         self.encoded_samples["text"] += batch["input_ids"].shape[0]
         ids, mask = batch["input_ids"], batch["attention_mask"]
+        if self.dynamic_shapes:
+            ids, mask = self._pad_text(ids, mask)
         self._mark_dynamic(ids, 0, 1)
         self._mark_dynamic(mask, 0, 1)
         with _no_grad_if(self.text_encoder.fully_frozen):
@@ -64,6 +69,20 @@ class FusionModel(nn.Module):
     def _cast(self, features: EncoderOutput) -> EncoderOutput:
         dtype = torch.get_default_dtype()  # float32, or the dtype Lightning's "16-true" / "bf16-true" set
         return EncoderOutput(*(t.to(dtype) if t.is_floating_point() else t for t in features))
+
+    def _pad_text(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pad the text length to a multiple of 8 (at most the tokenizer's ``max_length``), with masked
+        padding tokens: compiled kernels specialise on 8-aligned lengths, and any other length would
+        compile the text encoder a second time."""
+        length = ids.shape[1]
+        target = -(-length // 8) * 8
+        limit = getattr(getattr(self.text_encoder, "tokenizer", None), "max_length", None)
+        if limit is not None:
+            target = max(length, min(target, int(limit)))
+        if target == length:
+            return ids, mask
+        pad = (0, target - length)
+        return torch.nn.functional.pad(ids, pad, value=self.text_pad_id), torch.nn.functional.pad(mask, pad, value=0)
 
     def _mark_dynamic(self, tensor: torch.Tensor, *dims: int) -> None:
         if self.dynamic_shapes:

@@ -142,10 +142,10 @@ def test_compiled_encoders_compile_once_for_every_batch_size_and_text_length(mak
 
 
 @pytest.mark.shared
-def test_compiled_text_is_padded_to_a_multiple_of_8_and_encodes_as_before(make_cfg):
-    """With trainer.compile, text batches get masked padding up to a multiple of 8 tokens (GPU kernels
-    compiled for 8-aligned lengths recompiled for the others); a BERT-architecture encoder (MiniLM)
-    then gives the same pooled vectors and the same real-token states."""
+def test_compiled_text_is_padded_to_a_multiple_of_8_inside_the_text_encoder_only(make_cfg):
+    """With trainer.compile, the text encoder gets masked padding up to a multiple of 8 tokens (GPU
+    kernels compiled for 8-aligned lengths recompiled for the others); what it returns is cut back to
+    the batch's length, and a BERT-architecture encoder (MiniLM) gives the same vectors as unpadded."""
     minilm = needs_shared("weights", "all-MiniLM-L6-v2")
     cfg = make_cfg(*ON_CPU, "trainer.compile={backend:eager}", "encoder.text=minilm",
                    f"encoder.text.name_or_path={minilm}", "encoder.text.pretrained=false")
@@ -153,21 +153,40 @@ def test_compiled_text_is_padded_to_a_multiple_of_8_and_encodes_as_before(make_c
     batch = model.text_encoder.tokenizer(["a dog on a red skateboard", "two cats"])
     length = batch["input_ids"].shape[1]
     assert length % 8 != 0
+    seen = []
+    model.text_encoder.register_forward_pre_hook(lambda m, args: seen.append(args))
     with torch.no_grad():
         model.dynamic_shapes = False
-        plain = model.text_encoder(batch["input_ids"], batch["attention_mask"])
+        plain = model.encode_text(batch)
         model.dynamic_shapes = True
-        ids, mask = model._pad_text(batch["input_ids"], batch["attention_mask"])
-        padded = model.text_encoder(ids, mask)
-    assert ids.shape[1] == -(-length // 8) * 8 and (ids[:, length:] == model.text_pad_id).all()
-    assert model.text_pad_id == model.text_encoder.tokenizer.tokenizer.pad_token_id
-    assert not mask[:, length:].any() and torch.equal(mask[:, :length], batch["attention_mask"])
+        padded = model.encode_text(batch)
+    assert [a[0].shape[1] for a in seen] == [length, -(-length // 8) * 8]
+    ids, mask = seen[1]
+    assert (ids[:, length:] == model.text_encoder.tokenizer.tokenizer.pad_token_id).all() and not mask[:, length:].any()
+    assert padded.tokens.shape[1] == padded.mask.shape[1] == length and torch.equal(padded.mask, plain.mask)
     torch.testing.assert_close(padded.pooled, plain.pooled, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(padded.tokens[:, :length][plain.mask], plain.tokens[plain.mask], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(padded.tokens[plain.mask], plain.tokens[plain.mask], atol=1e-5, rtol=1e-5)
 
-    capped = FusionModel(torch.nn.Identity(), SimpleNamespace(tokenizer=SimpleNamespace(max_length=20)), torch.nn.Identity())
-    assert capped._pad_text(torch.ones(2, 19, dtype=torch.long), torch.ones(2, 19))[0].shape == (2, 20)  # not 24
-    assert capped._pad_text(torch.ones(2, 16, dtype=torch.long), torch.ones(2, 16))[0].shape == (2, 16)
+
+def test_compile_padding_stops_at_the_tokenizers_max_length():
+    tokenizer = SimpleNamespace(max_length=20)
+    model = FusionModel(torch.nn.Identity(), SimpleNamespace(tokenizer=tokenizer), torch.nn.Identity())
+    assert model.text_pad_id == 0
+    assert model._pad_text(torch.ones(2, 13, dtype=torch.long), torch.ones(2, 13))[0].shape == (2, 16)
+    assert model._pad_text(torch.ones(2, 19, dtype=torch.long), torch.ones(2, 19))[0].shape == (2, 20)  # not 24
+    assert model._pad_text(torch.ones(2, 16, dtype=torch.long), torch.ones(2, 16))[0].shape == (2, 16)
+
+
+def test_a_compiled_run_builds_the_feature_cache_of_frozen_encoders(make_cfg, tmp_path):
+    """Frozen encoders with trainer.compile: the cache sizes its token arrays from the longest text; the
+    compile padding must not make a batch longer than that (before the fix: "gave 8 tokens for a
+    batch, more than the 7 of the first batch")."""
+    cfg = make_cfg(*FAST, *ON_CPU, "trainer.compile={backend:eager}", "encoder.image.freeze=true",
+                   "encoder.text.freeze=true", "fusion=cross_attention", f"cache.dir={tmp_path / 'features'}",
+                   "test=false")
+    results = train(cfg)
+    assert results["status"] == "completed"
+    assert {info["status"] for sides in results["feature_cache"].values() for info in sides.values()} == {"built"}
 
 
 def test_bad_speed_options_name_the_field(make_cfg):

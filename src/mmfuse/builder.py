@@ -8,8 +8,8 @@ A trainer config may carry mmfuse's speed options besides Lightning ``Trainer`` 
 ``conf/trainer/gpu.yaml``): ``channels_last`` (CNN image encoders, weights and inputs, in NHWC),
 ``compile`` (``false``, ``true``, a ``torch.compile`` mode or a mapping of its arguments: encoders,
 fusion and the task's head are compiled in place with ``nn.Module.compile``, so checkpoints keep
-their keys; batch size and text length are marked dynamic, so they compile once, unless the mapping
-sets ``dynamic``) and ``float32_matmul_precision`` (``highest | high | medium``).
+their keys; batch size and text length are marked dynamic, so the encoders compile once, unless the
+mapping sets ``dynamic``) and ``float32_matmul_precision`` (``highest | high | medium``).
 """
 
 from __future__ import annotations

@@ -29,7 +29,8 @@ class FusionModel(nn.Module):
     ``torch.compile`` (``torch._dynamo.maybe_mark_dynamic``). Text batches are as long as their longest
     text and an epoch's last batch is smaller; without the marks each new shape recompiles the encoders
     (a static graph, then one dynamic in length, then one in batch size); with them, once. Text is
-    then also padded to a multiple of 8 tokens (masked), the alignment compiled GPU kernels assume.
+    then also padded to a multiple of 8 tokens (masked), the alignment compiled GPU kernels assume, for
+    the text encoder only: its token states are cut back to the batch's length.
     """
 
     def __init__(self, image_encoder: Encoder, text_encoder: Encoder, fusion: Fusion) -> None:
@@ -59,12 +60,16 @@ class FusionModel(nn.Module):
             return self._cast(batch["text_features"])
         self.encoded_samples["text"] += batch["input_ids"].shape[0]
         ids, mask = batch["input_ids"], batch["attention_mask"]
+        length = ids.shape[1]
         if self.dynamic_shapes:
             ids, mask = self._pad_text(ids, mask)
         self._mark_dynamic(ids, 0, 1)
         self._mark_dynamic(mask, 0, 1)
         with _no_grad_if(self.text_encoder.fully_frozen):
-            return self.text_encoder(ids, mask)
+            out = self.text_encoder(ids, mask)
+        if ids.shape[1] != length and out.tokens.shape[1] == ids.shape[1]:  # the padding stays inside the encoder
+            out = EncoderOutput(out.pooled, out.tokens[:, :length], out.mask[:, :length])
+        return out
 
     def _cast(self, features: EncoderOutput) -> EncoderOutput:
         dtype = torch.get_default_dtype()  # float32, or the dtype Lightning's "16-true" / "bf16-true" set

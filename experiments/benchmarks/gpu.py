@@ -89,7 +89,7 @@ def repeated_coco(out: Path, times: int) -> Path:
     root = out / f"coco_mini_x{times}"
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     (root / "train2017").mkdir(exist_ok=True)
-    if not (root / "val2017").exists():
+    if not (root / "val2017").is_symlink():
         (root / "val2017").symlink_to(COCO / "val2017", target_is_directory=True)
     shutil.copy(COCO / "annotations" / "captions_val2017.json", root / "annotations")
     train = json.loads((COCO / "annotations" / "captions_train2017.json").read_text())
@@ -99,7 +99,7 @@ def repeated_coco(out: Path, times: int) -> Path:
         for image in train["images"]:
             name = f"r{r}_{image['file_name']}"
             link = root / "train2017" / name
-            if not link.exists():
+            if not link.is_symlink():
                 link.symlink_to(COCO / "train2017" / image["file_name"])
             images.append({**image, "id": image["id"] + r * offset, "file_name": name})
         annotations += [{**a, "id": len(annotations) + i + 1, "image_id": a["image_id"] + r * offset}

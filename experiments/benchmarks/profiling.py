@@ -7,7 +7,8 @@
 - ``ops.md``: the operators that took the most device time (the CPU's time on a CPU-only run);
 - ``summary.json``: ``wall_s`` per step (host clock, the device synchronised at both ends),
   ``device_busy_s`` per step (the union of the intervals in which the device ran a kernel or a copy,
-  from the trace's device events; overlapping streams count once) and
+  from the trace's device events; overlapping streams count once; the GPU-side spans of annotations
+  such as ``Optimizer.step#...``, which cover the idle gaps inside them, are left out) and
   ``device_busy_fraction = device_busy_s / wall_s``. A fraction well below 1 means the device waits:
   for the host launching kernels one by one, for data, or for a sync.
 """
@@ -33,6 +34,11 @@ def busy_time(intervals: list[tuple[float, float]]) -> float:
             total += end - max(start, reach)
             reach = end
     return total
+
+
+def _annotation(event: Any) -> bool:
+    """A ``record_function`` range (its GPU-side span covers whatever ran, or not, inside it)."""
+    return bool(getattr(event, "is_user_annotation", False)) or "annotation" in str(getattr(event, "activity_type", ""))
 
 
 def _sync() -> None:
@@ -89,7 +95,7 @@ class StepProfiler(L.Callback):
         sort_by = "self_device_time_total" if on_gpu else "self_cpu_time_total"
         (self.folder / "ops.md").write_text(averages.table(sort_by=sort_by, row_limit=25) + "\n")
         busy_us = busy_time([(e.time_range.start, e.time_range.end) for e in prof.events()
-                             if e.device_type == DeviceType.CUDA]) if on_gpu else 0.0
+                             if e.device_type == DeviceType.CUDA and not _annotation(e)]) if on_gpu else 0.0
         summary = {"steps": self.steps, "wall_s": wall / self.steps, "device_busy_s": busy_us / 1e6 / self.steps,
                    "device_busy_fraction": busy_us / 1e6 / wall if on_gpu else None}
         (self.folder / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -21,7 +21,8 @@ check). Four parts (``--parts``, in the order given):
 
 ``--profile`` adds a ``torch.profiler`` trace of 3 steps to every training row, taken before its timed
 steps (``profiling.py``): the fraction of those steps' wall time the GPU was busy, and each row's
-``ops.md`` (top operators) and ``trace.json`` under the output folder. ``--train-repeat N`` trains on
+``ops.md`` (top operators) and ``trace.json`` under the output folder (without ``--train-repeat``
+an epoch has 7 steps at batch 64, and the window holds the first epoch's short last batch). ``--train-repeat N`` trains on
 the COCO sample repeated N times (400 pairs each: batch 256 needs more than 2 steps an epoch), and
 ``--rows`` picks flag rows by number (0 = fp32 ... 4 = all flags).
 

@@ -113,10 +113,15 @@ def step_time(starts: Sequence[float], skip: int = 5) -> float:
     return (s[-1] - s[0]) / (len(s) - 1)
 
 
+def add_callback(cfg: DictConfig, name: str, target: str, **kwargs: Any) -> None:
+    """Add the callback ``target(**kwargs)`` (a dotted path, instantiated by Hydra) as ``callbacks.<name>``."""
+    with open_dict(cfg):
+        cfg.callbacks[name] = {"_target_": target, **kwargs}
+
+
 def add_timer(cfg: DictConfig, path: Path) -> None:
     """Add a ``StepTimer`` writing to ``path`` to the run's callbacks."""
-    with open_dict(cfg):
-        cfg.callbacks.step_timer = {"_target_": "common.StepTimer", "path": str(path)}
+    add_callback(cfg, "step_timer", "common.StepTimer", path=str(path))
 
 
 def machine() -> str:

@@ -21,10 +21,10 @@ check). Four parts (``--parts``, in the order given):
 
 ``--profile`` adds a ``torch.profiler`` trace of 3 steps to every training row, taken before its timed
 steps (``profiling.py``): the fraction of those steps' wall time the GPU was busy, and each row's
-``ops.md`` (top operators) and ``trace.json`` under the output folder (without ``--train-repeat``
-an epoch has 7 steps at batch 64, and the window holds the first epoch's short last batch). ``--train-repeat N`` trains on
-the COCO sample repeated N times (400 pairs each: batch 256 needs more than 2 steps an epoch), and
-``--rows`` picks flag rows by number (0 = fp32 ... 4 = all flags).
+``ops.md`` (top operators) and ``trace.json`` under the output folder (without ``--train-repeat`` an
+epoch has 7 steps at batch 64, and the window holds the first epoch's short last batch).
+``--train-repeat N`` trains on the COCO sample repeated N times (400 pairs each: batch 256 needs more
+than 2 steps an epoch), and ``--rows`` picks flag rows by number (0 = fp32 ... 4 = all flags).
 
 Each part's table is printed as soon as it is measured, and a row or part that fails prints its error
 and the rest goes on (a lease of GPU time is short). ``MMFUSE_SHARED=<folder>`` points at a copy of
@@ -51,6 +51,7 @@ from common import (
     MINILM,
     REAL_DATA,
     ROOT,
+    add_callback,
     add_timer,
     command_line,
     compose_run,
@@ -60,7 +61,6 @@ from common import (
     timer_stats,
     use_shared_assets,
 )
-from profiling import add_profiler
 
 from mmfuse.builder import build_datamodule, build_module
 from mmfuse.data.images import FilePairDataset, ImageFiles
@@ -161,7 +161,8 @@ def train_part(out: Path, args: argparse.Namespace, base: tuple[str, ...], compi
         cfg = compose_run(run_dir, (*base, *data, *flags))
         add_timer(cfg, run_dir / "timer.json")
         if args.profile:  # 3 steps before the timed ones
-            add_profiler(cfg, run_dir / "profile", start=max(args.batch_skip - 4, 1))
+            add_callback(cfg, "step_profiler", "profiling.StepProfiler", folder=str(run_dir / "profile"),
+                         start=max(args.batch_skip - 4, 1))
         reset_peak()
         try:
             results = train(cfg)

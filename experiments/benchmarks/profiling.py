@@ -1,7 +1,8 @@
 """A ``torch.profiler`` trace of a few training steps, for the benchmarks (``gpu.py --profile``).
 
-``StepProfiler(folder, start, steps)`` profiles the optimizer steps ``start .. start + steps - 1``
-(counted by ``trainer.global_step``) and writes to ``folder``:
+``StepProfiler(folder, start, steps)`` (a callback; ``common.add_callback`` adds it to a run) profiles
+the optimizer steps ``start .. start + steps - 1`` (counted by ``trainer.global_step``) and writes to
+``folder``:
 
 - ``trace.json``: the Chrome trace (open it in https://ui.perfetto.dev or chrome://tracing);
 - ``ops.md``: the operators that took the most device time (the CPU's time on a CPU-only run);
@@ -61,7 +62,7 @@ class StepProfiler(L.Callback):
         self.profiler = profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if on_gpu else [])])
         _sync()
         try:
-            self.profiler.__enter__()
+            self.profiler.start()
         except Exception as e:  # noqa: BLE001 - a profiler that cannot start must not cost the timing
             print(f"StepProfiler: the profiler did not start ({type(e).__name__}: {e}); no trace", flush=True)
             self.done = True
@@ -82,7 +83,7 @@ class StepProfiler(L.Callback):
         wall = time.perf_counter() - self.began
         self.done = True
         try:
-            self.profiler.__exit__(None, None, None)
+            self.profiler.stop()
             self.write(self.profiler, wall)
         except Exception as e:  # noqa: BLE001
             print(f"StepProfiler: the trace was not written ({type(e).__name__}: {e})", flush=True)
@@ -100,11 +101,3 @@ class StepProfiler(L.Callback):
                    "device_busy_fraction": busy_us / 1e6 / wall if on_gpu else None}
         (self.folder / "summary.json").write_text(json.dumps(summary, indent=1))
 
-
-def add_profiler(cfg: Any, folder: Path, start: int, steps: int = 3) -> None:
-    """Add a ``StepProfiler`` writing to ``folder`` to the run's callbacks."""
-    from omegaconf import open_dict
-
-    with open_dict(cfg):
-        cfg.callbacks.step_profiler = {"_target_": "profiling.StepProfiler", "folder": str(folder),
-                                       "start": start, "steps": steps}

@@ -1,8 +1,13 @@
 """Image-text matching (the seed's task): does this caption describe this image?
 
 ``logit = head(fusion(image, text))``, loss ``BCEWithLogits(logit, label)``, ``p = sigmoid(logit)``.
-Metrics: ``acc`` / ``f1`` at ``p >= 0.5``, ``auroc``, ``loss``, and ``acc_<type>`` per pair type
-(``positive`` and each kind of negative, see ``mmfuse.types.PAIR_TYPES``).
+Decision rule, one for every metric: a pair is predicted to match when ``logit > 0`` (``p > 0.5``;
+a logit of exactly 0 is a mismatch). It is applied to the logits, not to ``p``: float32 rounds
+``sigmoid(logit)`` to exactly 0.5 for small positive logits and to 1.0 above ~16.6.
+Metrics: ``acc`` and ``f1`` (positive class: match) under that rule; ``auroc`` from the ranks of the
+logits (``mmfuse.tasks.metrics.auroc``, the Mann-Whitney statistic); ``loss``; and ``acc_<type>``, the
+accuracy under the same rule per pair type (``positive`` and each kind of negative, see
+``mmfuse.types.PAIR_TYPES``).
 
 Two kinds of data:
 - labelled pairs (batches carry ``label``, e.g. ``data=shapes``, ``data=jsonl labels=match``): used
@@ -29,20 +34,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
-from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryF1Score
+from torchmetrics.classification import BinaryAccuracy, BinaryF1Score
 
 from mmfuse.errors import MMFuseError
 from mmfuse.tasks.base import STAGES, Task
 from mmfuse.tasks.contrastive import ContrastiveHeads, info_nce
 from mmfuse.tasks.gallery import Gallery
 from mmfuse.tasks.heads import SimilarityHead, build_head
-from mmfuse.tasks.metrics import GroupedAccuracy
+from mmfuse.tasks.metrics import GroupedAccuracy, RankAUROC, as_float
 from mmfuse.tasks.negatives import KINDS, in_batch_negatives
 from mmfuse.tasks.recall import embedding_rows, matrix_rows, recall_at_k, rerank_rows
 from mmfuse.types import PAIR_TYPES, EncoderOutput
 
 log = logging.getLogger(__name__)
 ENCODER_FIELDS = ("pooled", "tokens", "mask", "itc")  # itc: the dual encoder's embedding
+
+
+def predict(logits: torch.Tensor) -> torch.Tensor:
+    """The decision rule of every ITM metric: ``1`` (match) where ``logit > 0``, else ``0``."""
+    return (logits > 0).long()
 
 
 def select(out: EncoderOutput, index: torch.Tensor) -> EncoderOutput:
@@ -86,7 +96,7 @@ class ITMTask(Task):
         self.eval_seed = int(eval_seed)
         self.metrics = nn.ModuleDict({
             stage: MetricCollection({
-                "acc": BinaryAccuracy(), "auroc": BinaryAUROC(), "f1": BinaryF1Score(), "loss": MeanMetric()
+                "acc": BinaryAccuracy(), "auroc": RankAUROC(), "f1": BinaryF1Score(), "loss": MeanMetric()
             }, compute_groups=False)
             for stage in STAGES
         })
@@ -106,10 +116,11 @@ class ITMTask(Task):
 
     def score_pairs(self, model: nn.Module, image: EncoderOutput, text: EncoderOutput,
                     image_idx: torch.Tensor, text_idx: torch.Tensor) -> torch.Tensor:
-        """``pair_logits`` in chunks of ``chunk_size`` pairs, without gradients."""
+        """``pair_logits`` in chunks of ``chunk_size`` pairs, without gradients, at least float32
+        (``as_float``: never rounded, so that retrieval ranks the scores the model gave)."""
         with torch.no_grad():
-            parts = [self.pair_logits(model, image, text, image_idx[s:s + self.chunk_size],
-                                      text_idx[s:s + self.chunk_size]).float()
+            parts = [as_float(self.pair_logits(model, image, text, image_idx[s:s + self.chunk_size],
+                                               text_idx[s:s + self.chunk_size]))
                      for s in range(0, len(image_idx), self.chunk_size)]
         return torch.cat(parts) if parts else torch.zeros(0, device=image.pooled.device)
 
@@ -122,7 +133,7 @@ class ITMTask(Task):
         if "label" in batch:
             logits = self.logits(model, batch)
             per_sample = F.binary_cross_entropy_with_logits(logits.float(), batch["label"].float(), reduction="none")
-            return per_sample.mean(), {"logits": logits.detach().float(), "loss": per_sample.detach()}
+            return per_sample.mean(), {"logits": as_float(logits.detach()), "loss": per_sample.detach()}
         return self._positives_step(model, batch)
 
     def _negatives(self, model: nn.Module, image: EncoderOutput, text: EncoderOutput,
@@ -166,23 +177,24 @@ class ITMTask(Task):
             loss = loss + (per_sample * weight).mean() * (weight.numel() / weight.sum())
         else:
             loss = loss + per_sample.mean()
-        outputs = {"logits": logits.detach().float(), "loss": per_sample.detach(), "labels": labels,
+        outputs = {"logits": as_float(logits.detach()), "loss": per_sample.detach(), "labels": labels,
                    "pair_type": pair_type, "image": image, "text": text,
                    "itc": (u.detach(), v.detach()) if u is not None else None,
                    "needs_tokens": bool(getattr(model.fusion, "needs_tokens", True))}
         return loss, outputs
 
     def update(self, stage: str, outputs: dict[str, Any], batch: dict[str, Any]) -> None:
-        probs = torch.sigmoid(outputs["logits"])
+        logits = outputs["logits"]
         labels = (outputs["labels"] if "labels" in outputs else batch["label"]).long()
+        predicted = predict(logits)
         m = self.metrics[stage]
-        for name in ("acc", "auroc", "f1"):
-            m[name].update(probs, labels)
+        m["acc"].update(predicted, labels)  # integer predictions: torchmetrics applies no threshold
+        m["f1"].update(predicted, labels)
+        m["auroc"].update(logits, labels)
         m["loss"].update(outputs["loss"])
         pair_type = outputs.get("pair_type", batch.get("pair_type"))
         if pair_type is not None:
-            correct = (probs >= 0.5).long() == labels
-            self.by_type[stage].update(correct, pair_type)
+            self.by_type[stage].update(predicted == labels, pair_type)
         if "image" in outputs and self.retrieval:
             self._collect(stage, outputs, batch)
 

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from mmfuse.tasks.itm import ITMTask
 from mmfuse.tasks.metrics import auroc
-from mmfuse.types import PAIR_TYPES
+from mmfuse.tasks.recall import matrix_rows, recall_at_k, rerank_rows
+from mmfuse.tasks.retrieval import DualEncoderTask
+from mmfuse.types import PAIR_TYPES, EncoderOutput, LateOutput
 
 # -- ITM: AUROC on the logits' ranks, one decision rule (logit > 0) --------------------------------------
 
@@ -75,3 +78,86 @@ def test_itm_acc_f1_auroc_and_per_type_accuracy_share_the_decision_rule_logit_ab
     per_type = {k: v for k, v in m.items() if k.startswith("val/acc_")}
     assert per_type == pytest.approx({"val/acc_positive": 3 / 5, "val/acc_other": 2 / 3, "val/acc_color": 1.0,
                                       "val/acc_hard": 0.0}, abs=1e-7)
+
+
+# -- retrieval: ranked in the scores' own dtype ---------------------------------------------------------
+
+
+def test_recall_ranks_float64_scores_without_rounding_them_to_float32():
+    """Image 0's own text scores 1 + 1e-9, another text 1.0 (the same float32): a hit at R@1 in
+    float64, a tie (counted as a miss) after a float32 cast. Text 1 -> image 1 likewise."""
+    scores = torch.tensor([[1 + 1e-9, 1.0], [1.0, 1 + 1e-9]], dtype=torch.float64)
+    got = recall_at_k(matrix_rows(scores), torch.tensor([0, 1]), 2, ks=(1,))
+    assert got == {"i2t_r1": 100.0, "t2i_r1": 100.0, "rsum": 200.0}
+
+
+def test_rerank_keeps_a_float64_rerankers_order_over_float32_candidates():
+    candidates = torch.tensor([[0.5, 0.7, 0.1], [0.2, 0.9, 0.3], [0.6, 0.4, 0.8]])  # float32, all wrong
+    exact = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    exact += torch.eye(3, dtype=torch.float64) * 1e-9  # each own text 1e-9 above the others
+
+    def scorer(i: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return exact[i, t]
+
+    got = recall_at_k(rerank_rows(matrix_rows(candidates), scorer, k=3), torch.arange(3), 3, ks=(1,))
+    assert got == {"i2t_r1": 100.0, "t2i_r1": 100.0, "rsum": 200.0}
+
+
+def passthrough(x: torch.Tensor) -> EncoderOutput:
+    return EncoderOutput(x, x[:, None], torch.ones(len(x), 1, dtype=torch.bool))
+
+
+class PooledProduct(nn.Module):
+    """A float64 stand-in model: encoders pass the features through, fusion ``z = x ⊙ y``."""
+
+    needs_tokens = False
+
+    def encode_image(self, batch):
+        return passthrough(batch["image"])
+
+    def encode_text(self, batch):
+        return passthrough(batch["text"])
+
+    def fusion(self, image: EncoderOutput, text: EncoderOutput) -> torch.Tensor:
+        return image.pooled * text.pooled
+
+    def forward(self, batch):
+        return LateOutput(batch["image"], batch["text"])
+
+
+def test_itm_retrieval_scores_a_float64_model_in_float64():
+    """Images x0 = (1, 0), x1 = (0, 1); texts y0 = (1 + 1e-9, 0) of image 0, y1 = (1, 0) of image 1;
+    ITM logit = x . y. i2t: image 0 ranks y0 (1 + 1e-9) over y1 (1): hit (a float32 tie: miss);
+    image 1 scores both 0: tie, miss -> i2t_r1 50. t2i: y0 ranks x0 first: hit; y1 scores x0 1 > x1 0:
+    miss -> t2i_r1 50. With 2 candidates every R@5 / R@10 is 100: rsum 500 (450 after a float32 cast)."""
+    task = ITMTask(2, "mid", head="linear").double()
+    with torch.no_grad():
+        task.head.weight.fill_(1.0)
+        task.head.bias.zero_()
+    task.eval()
+    batch = {"image": torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64),
+             "text": torch.tensor([[1 + 1e-9, 0.0], [1.0, 0.0]], dtype=torch.float64),
+             "image_id": torch.tensor([0, 1]), "text_id": torch.tensor([0, 1])}
+    model = PooledProduct()
+    task.update("val", task.step(model, batch)[1], batch)
+    task.epoch_end("val", model)
+    m = {k: float(v) for k, v in task.compute("val").items()}
+    assert {k: m[f"val/{k}"] for k in ("i2t_r1", "t2i_r1", "rsum")} == {"i2t_r1": 50.0, "t2i_r1": 50.0,
+                                                                        "rsum": 500.0}
+
+
+def test_dual_encoder_ranks_float64_embeddings_in_float64():
+    """u0 = (1, 0), u1 = (0, 1); v0 = (1, 1e-5) of image 0, v1 = (1, 2e-5), v2 = (1e-5, 1) of image 1.
+    cos(u0, v0) = 1 - 5e-11 > cos(u0, v1) = 1 - 2e-10 (both 1.0 in float32): image 0 hits at R@1;
+    image 1 hits with v2. t2i: v0 -> u0 hit, v1 -> u0 (own image u1 scores 2e-5): miss, v2 -> u1 hit.
+    So i2t_r1 = 100, t2i_r1 = 200/3 (i2t_r1 50 after a float32 cast)."""
+    task = DualEncoderTask(2).double()
+    task.eval()
+    batch = {"image": torch.tensor([[1.0, 0], [0, 1], [0, 1]], dtype=torch.float64),
+             "text": torch.tensor([[1.0, 1e-5], [1, 2e-5], [1e-5, 1]], dtype=torch.float64),
+             "image_id": torch.tensor([0, 1, 1]), "text_id": torch.tensor([0, 1, 2])}
+    _, out = task.step(PooledProduct(), batch)
+    task.update("val", out, batch)
+    task.epoch_end("val", None)
+    m = {k: float(v) for k, v in task.compute("val").items()}
+    assert (m["val/i2t_r1"], m["val/t2i_r1"]) == (100.0, pytest.approx(200 / 3, abs=1e-4))

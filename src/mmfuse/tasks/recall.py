@@ -8,8 +8,10 @@ texts per image), ``S[i, t]`` a score (higher = better match).
 
 Ties count against the query: with ``s*`` the best score of a positive, the query's rank is the
 number of non-positive candidates scoring ``>= s*`` (a constant scorer gets R@K = 0, not 100). A
-NaN score counts as ``-inf``. ``R@K = 100 * hits / queries`` (percent, as retrieval papers report);
-``rsum`` is the sum of the six recalls at K = 1, 5, 10.
+NaN score counts as ``-inf``. Scores are compared in their own dtype (``as_float``: float32 / float64
+as they are, never rounded to float32, which would tie float64 scores that differ by 1e-9).
+``R@K = 100 * hits / queries`` (percent, as retrieval papers report); ``rsum`` is the sum of the six
+recalls at K = 1, 5, 10.
 
 Memory: only ``[chunk, N]`` rows of ``S`` exist at a time, so 5k images x 25k texts fits anywhere.
 ``rows(direction, queries) -> [len(queries), N]`` computes the score rows of a chunk of queries
@@ -22,6 +24,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from mmfuse.tasks.metrics import as_float
+
 Rows = Callable[[str, torch.Tensor], torch.Tensor]
 PairScorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (image_idx [P], text_idx [P]) -> [P]
 KS = (1, 5, 10)
@@ -30,7 +34,7 @@ DIRECTIONS = ("i2t", "t2i")
 
 def _ranks(rows: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
     """For each row: the number of non-positive entries scoring ``>=`` the best positive."""
-    rows = torch.nan_to_num(rows.float(), nan=float("-inf"))
+    rows = torch.nan_to_num(as_float(rows), nan=float("-inf"))
     best = rows.masked_fill(~positive, float("-inf")).amax(dim=1, keepdim=True)
     return ((rows >= best) & ~positive).sum(dim=1)
 
@@ -79,7 +83,8 @@ def embedding_rows(image_emb: torch.Tensor, text_emb: torch.Tensor) -> Rows:
 def rerank_rows(candidates: Rows, scorer: PairScorer, k: int) -> Rows:
     """Each query's top-``k`` items under ``candidates`` (a dual encoder), ordered by ``scorer`` (e.g.
     an ITM model), ranked above all other items, which keep their candidate order. So R@K is the
-    re-ranker's for ``K <= k`` and exact for every K; only ``k`` pairs per query are scored.
+    re-ranker's for ``K <= k`` and exact for every K; only ``k`` pairs per query are scored. The rows
+    have the wider of the two scores' dtypes, so neither is rounded.
     """
 
     def rows(direction: str, q: torch.Tensor) -> torch.Tensor:
@@ -91,7 +96,8 @@ def rerank_rows(candidates: Rows, scorer: PairScorer, k: int) -> Rows:
             pair = scorer(qq, top.reshape(-1))
         else:
             pair = scorer(top.reshape(-1), qq)
-        pair = pair.view(len(q), kk).to(base.dtype)
+        dtype = torch.promote_types(as_float(base).dtype, as_float(pair).dtype)
+        base, pair = base.to(dtype), pair.view(len(q), kk).to(dtype)
         shift = base.amax(dim=1, keepdim=True) - pair.amin(dim=1, keepdim=True) + 1.0
         return (base - shift).scatter(1, top, pair)
 

@@ -3,7 +3,8 @@
 Two ways to score, picked by the fusion's stage:
 - ``fusion=late`` -> ``DualEncoderTask``: the late fusion's two embeddings ``u``, ``v`` are trained
   with symmetric InfoNCE over the batch (``mmfuse.tasks.contrastive``); at evaluation every image and
-  text is embedded once and ``S = cos(u, v)`` ranks them, in chunks (``mmfuse.tasks.recall``).
+  text is embedded once and ``S = cos(u, v)`` ranks them, in chunks (``mmfuse.tasks.recall``), in the
+  embeddings' own dtype (at least float32).
 - any other fusion -> ``ITMRetrievalTask``: the fusion model is an ITM scorer (BCE on positives and
   in-batch hard negatives) trained beside a dual encoder on the pooled encoder outputs (ALBEF); at
   evaluation it scores every pair when there are at most ``max_pairs``, else re-ranks the dual
@@ -30,6 +31,7 @@ from mmfuse.tasks.base import STAGES, Task
 from mmfuse.tasks.contrastive import LogitScale, info_nce
 from mmfuse.tasks.gallery import Gallery
 from mmfuse.tasks.itm import ITMTask
+from mmfuse.tasks.metrics import as_float
 from mmfuse.tasks.recall import embedding_rows, recall_at_k
 from mmfuse.types import LateOutput
 
@@ -61,7 +63,8 @@ class DualEncoderTask(Task):
         per_pair = info_nce(u, v, ids, self.scale(), reduction="none")
         loss = per_pair.mean() if len(per_pair) else out.image.sum() * 0.0
         return loss, {"loss": per_pair.detach(), "keep": keep,
-                      "image": F.normalize(u.detach().float(), dim=-1), "text": F.normalize(v.detach().float(), dim=-1)}
+                      "image": F.normalize(as_float(u.detach()), dim=-1),
+                      "text": F.normalize(as_float(v.detach()), dim=-1)}
 
     def update(self, stage: str, outputs: dict[str, Any], batch: dict[str, Any]) -> None:
         keep = outputs["keep"]

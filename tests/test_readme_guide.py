@@ -152,3 +152,18 @@ def test_readmes_speed_summary_quotes_only_figures_the_benchmarks_record():
     assert {"8.6", "0.98", "1.21-1.27", "715", "778", "2,044", "1.09", "710", "300-380"} <= set(figures)
     assert [n for n in figures if n not in recorded] == []
     assert "(experiments/benchmarks/README.md)" in summary
+
+
+def anchor(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_readmes_links_to_its_own_sections_land_on_a_heading():
+    text = README.read_text()
+    outside_code = re.sub(r"^```.*?^```$", "", text, flags=re.M | re.S)
+    headings = {anchor(h) for h in re.findall(r"^#+ (.+)$", outside_code, re.M)}
+    links = set(re.findall(r"\]\(#([^)]+)\)", text))
+    assert {"feature-cache-for-frozen-encoders", "the-diagnostic-mix-and-quick-runs",
+            "adding-your-own-fusion-encoder-dataset-or-task"} <= links
+    assert sorted(links - headings) == []

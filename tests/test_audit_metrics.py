@@ -13,6 +13,8 @@ from mmfuse.tasks.itm import ITMTask
 from mmfuse.tasks.metrics import auroc
 from mmfuse.tasks.recall import matrix_rows, recall_at_k, rerank_rows
 from mmfuse.tasks.retrieval import DualEncoderTask
+from mmfuse.tasks.vqa import VQATask
+from mmfuse.tasks.vqa_answers import answer_accuracies, normalize_answer, official_accuracy, prediction_forms
 from mmfuse.types import PAIR_TYPES, EncoderOutput, LateOutput
 
 # -- ITM: AUROC on the logits' ranks, one decision rule (logit > 0) --------------------------------------
@@ -161,3 +163,94 @@ def test_dual_encoder_ranks_float64_embeddings_in_float64():
     task.epoch_end("val", None)
     m = {k: float(v) for k, v in task.compute("val").items()}
     assert (m["val/i2t_r1"], m["val/t2i_r1"]) == (100.0, pytest.approx(200 / 3, abs=1e-4))
+
+
+# -- VQA: the official answer processing and accuracy ----------------------------------------------------
+# Expected values: the reference evaluation (GT-Vision-Lab/VQA, PythonEvaluationTools/vqaEvaluation/
+# vqaEval.py at 07aecec, processPunctuation + processDigitArticle after the newline/tab/strip steps of
+# evaluate(), and evaluate()'s per-question accuracy, each human answer with its own answer_id) run under
+# Python 3 outside this repository on exactly these inputs; its outputs pasted here.
+
+PREDICTION_FORMS = {
+    "t-shirt": "t-shirt", "none": "0", "dont": "don’t", "1,000": "1000", "yes!": "yes!", "(yes)": "yes",
+    "u.s.a.": "usa", " A Dog. ": "dog", "Two": "2", "two dogs": "2 dogs", "the one": "1", "an apple": "apple",
+    "3.5": "3.5", "3.": "3", ".5": ".5", "1,000.": "1000", "cant": "can't", "can't": "can t", "isnt": "isn’t",
+    "yall’ll": "y’all’ll", "i dont know": "i don’t know", "what's up?": "what s up", "left / right": "left right",
+    "left/right": "left right", "yes,no": "yes no", "yes , no": "yes no", "2,3": "23", "red;blue": "red blue",
+    "[red]": "red", '"quote"': "quote", "a=b": "b", "a+b": "b", "back\\slash": "back slash",
+    "snake_case": "snake case", "<html>": "html", "e@mail": "e mail", "`tick`": "tick", "no?": "no",
+    "Yes\nno": "yes no", "tab\there": "tab here", "10:30": "10 30", "it's": "it s", "ten": "10", "zero": "0",
+    "Im": "im", "oclock": "o’clock", "wheres": "where's", "...": "",
+}
+
+ACCURACY_CASES = [  # (prediction, human answers, the reference's accuracy)
+    ("yes", ["yes"] * 10, 1.0),
+    ("yes", ["yes"] * 3 + ["no"] * 7, 0.9),
+    ("yes", ["yes"] * 2 + ["no"] * 8, 0.6),
+    ("yes", ["yes"] + ["no"] * 9, 0.3),
+    ("yes", ["yes"] * 4 + ["no"] * 6, 1.0),
+    ("no", ["yes"] * 10, 0.0),
+    ("Yes", ["Yes"] * 10, 0.0),  # all the same: compared as given, and the prediction is lower-cased
+    ("yes", ["Yes"] * 10, 0.0),
+    ("yes", ["Yes"] * 5 + ["yes"] * 5, 1.0),
+    ("yes", ["yes!"] * 3 + ["yes"] * 7, 1.0),
+    ("yes", ["(yes)"] * 4 + ["no"] * 6, 0.0),  # the ground truth "(yes)" becomes " yes "
+    ("2", ["two"] * 5 + ["2"] * 5, 1.0),  # number words are mapped in the prediction only
+    ("two", ["2"] * 3 + ["3"] * 7, 0.9),
+    ("1000", ["1,000"] * 4 + ["1000"] + ["100"] * 5, 1.0),
+    ("usa", ["u.s.a."] * 3 + ["usa"] + ["america"] * 6, 1.0),
+    ("can't", ["can't"] * 3 + ["no"] * 7, 0.9),
+    ("dont", ["don’t"] * 2 + ["dont"] * 2 + ["no"] * 6, 0.6),
+    ("dog", ["a dog"] * 3 + ["dog"] * 2 + ["cat"] * 5, 0.6000000000000001),
+    ("t-shirt", ["t-shirt"] * 2 + ["shirt"] * 8, 0.6),
+    ("0", ["none"] * 3 + ["0"] * 3 + ["1"] * 4, 0.9),
+    ("yes", ["yes", "yes", "yes"], 0.6666666666666666),
+    ("yes", ["yes", "no", "no"], 0.2222222222222222),
+]
+
+
+def test_vqa_answer_processing_is_the_official_evaluations():
+    assert {a: normalize_answer(a) for a in PREDICTION_FORMS} == PREDICTION_FORMS
+
+
+@pytest.mark.parametrize(("prediction", "answers", "expected"), ACCURACY_CASES)
+def test_vqa_accuracy_is_the_official_evaluations(prediction, answers, expected):
+    assert official_accuracy(prediction, answers) == pytest.approx(expected, abs=1e-12)
+
+
+def test_vocabulary_accuracies_are_each_answers_official_accuracy():
+    """``answer_accuracies`` scores every vocabulary answer at once, also the two answers whose
+    prediction forms coincide (``can't`` -> ``can t``, ``can t`` -> ``can t``)."""
+    vocabulary = ["yes", "no", "2", "can't", "can t", "1000", "dog", "don’t"]
+    forms = prediction_forms(vocabulary)
+    assert forms["can t"] == [3, 4]
+    for _, answers, _ in ACCURACY_CASES:
+        dense = [official_accuracy(v, answers) for v in vocabulary]
+        got = answer_accuracies(answers, forms)
+        assert [got.get(i, 0.0) for i in range(len(vocabulary))] == pytest.approx(dense, abs=1e-12)
+        assert all(got[i] > 0 for i in got)
+
+
+class Features(nn.Module):
+    def forward(self, batch):
+        return batch["features"]
+
+
+def test_vqa_task_reports_the_official_accuracy_not_the_min3_training_target():
+    """Question 0: 3 of 10 humans said answer 1 (min3 target 1.0, official 0.9), 7 said answer 0 (1.0,
+    1.0); question 1: 1 said answer 2 (1/3, 0.3), 9 said answer 0. The head predicts answer 1 and 2:
+    vqa_acc = (0.9 + 0.3) / 2 = 0.6 (the targets would say (1 + 1/3) / 2). The loss stays the targets'."""
+    task = VQATask(3, "mid", num_answers=3, head="linear")
+    with torch.no_grad():
+        task.head.weight.copy_(torch.eye(3))
+        task.head.bias.zero_()
+    batch = {"features": torch.tensor([[0.0, 5.0, 0.0], [0.0, 0.0, 5.0]]),
+             "answer_ids": torch.tensor([[1, 0, -1], [2, 0, -1]]),
+             "answer_scores": torch.tensor([[1.0, 1.0, 0.0], [1 / 3, 1.0, 0.0]]),
+             "answer_accuracy": torch.tensor([[0.9, 1.0, 0.0], [0.3, 1.0, 0.0]])}
+    loss, out = task.step(Features(), batch)
+    task.update("val", out, batch)
+    assert float(task.compute("val")["val/vqa_acc"]) == pytest.approx(0.6, abs=1e-7)
+    target = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 1 / 3]])
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(batch["features"], target, reduction="none")
+    assert float(loss.detach()) == pytest.approx(float(expected.sum(1).mean()), abs=1e-6)

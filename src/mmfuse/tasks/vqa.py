@@ -1,10 +1,18 @@
 """``task=vqa``: visual question answering as multi-label classification over an answer vocabulary.
 
 ``logits = head(fusion(image, question)) ∈ R^K`` (K = ``num_answers``; late fusion: per-modality
-heads, logits added). Targets are soft scores ``t_a`` (``mmfuse.data.vqa``: ``min(#annotators who
-gave a / 3, 1)``); loss ``sum_a BCEWithLogits(logit_a, t_a)``, averaged over questions (Teney et al.
-2018, "Tips and tricks for VQA"). Metric ``vqa_acc``: the mean target score of the predicted answer
-``argmax_a logit_a`` (VQA accuracy, ``min(#humans that gave the prediction / 3, 1)``); ``loss``.
+heads, logits added). Targets are the batch's soft scores ``t_a`` (``answer_ids`` / ``answer_scores``,
+as ``data.soft_score`` makes them, see ``mmfuse.data.vqa``); loss ``sum_a BCEWithLogits(logit_a, t_a)``,
+averaged over questions (Teney et al. 2018, "Tips and tricks for VQA").
+
+Metric ``vqa_acc``: the official VQA accuracy (``mmfuse.tasks.vqa_answers``: the leave-one-human-out
+mean of ``min(1, matches / 3)``, after the official answer processing) of the predicted answer
+``argmax_a logit_a``, averaged over questions. It is read from the batch's ``answer_accuracy`` (aligned
+with ``answer_ids``: each listed answer's official accuracy), which the data computes from the raw
+human answers; batches without it are taken to carry the official accuracies as their targets. So the
+metric does not follow the training target: with ``data.soft_score=min3`` (``min(n / 3, 1)``, which
+gives 1.0 where the official accuracy gives 0.9 for 3 of 10 humans) ``vqa_acc`` stays the official one.
+Also ``loss``.
 """
 
 from __future__ import annotations
@@ -31,9 +39,10 @@ def dense_targets(answer_ids: torch.Tensor, answer_scores: torch.Tensor, num_ans
     return target.scatter_add_(1, answer_ids.clamp(min=0), answer_scores.float() * valid)  # padding adds 0
 
 
-def vqa_accuracy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per question: the soft score of the arg-max answer."""
-    return target.gather(1, logits.argmax(dim=1, keepdim=True)).squeeze(1)
+def vqa_accuracy(logits: torch.Tensor, accuracy: torch.Tensor) -> torch.Tensor:
+    """Per question: ``accuracy [B, K]`` (dense, e.g. ``dense_targets`` of ``answer_accuracy``) at the
+    arg-max answer."""
+    return accuracy.gather(1, logits.argmax(dim=1, keepdim=True)).squeeze(1)
 
 
 class VQATask(Task):
@@ -54,7 +63,10 @@ class VQATask(Task):
         logits = self.head(model(batch)).float()
         target = dense_targets(batch["answer_ids"], batch["answer_scores"], self.num_answers)
         per_sample = F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(dim=1)
-        return per_sample.mean(), {"loss": per_sample.detach(), "acc": vqa_accuracy(logits.detach(), target)}
+        accuracy = target
+        if "answer_accuracy" in batch:
+            accuracy = dense_targets(batch["answer_ids"], batch["answer_accuracy"], self.num_answers)
+        return per_sample.mean(), {"loss": per_sample.detach(), "acc": vqa_accuracy(logits.detach(), accuracy)}
 
     def update(self, stage: str, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> None:
         self.metrics[stage]["vqa_acc"].update(outputs["acc"])

@@ -203,11 +203,14 @@ class BlockFusion(Fusion):
 
 
 def count_sketch_matrix(d_in: int, d_out: int, generator: torch.Generator) -> torch.Tensor:
-    """Dense form of the count sketch ``Ψ``: ``S[i, h(i)] = s(i)``, ``h(i)`` uniform, ``s(i) = ±1``."""
+    """Dense form of the count sketch ``Ψ``: ``S[i, h(i)] = s(i)``, ``h(i)`` uniform, ``s(i) = ±1``.
+
+    In the default dtype (its entries 0 / ±1 are exact in any dtype; the module's ``.to`` casts it).
+    """
     h = torch.randint(d_out, (d_in,), generator=generator)
-    s = torch.randint(2, (d_in,), generator=generator).float() * 2 - 1
+    s = torch.randint(2, (d_in,), generator=generator) * 2 - 1
     sketch = torch.zeros(d_in, d_out)
-    sketch[torch.arange(d_in), h] = s
+    sketch[torch.arange(d_in), h] = s.to(sketch.dtype)
     return sketch
 
 
@@ -217,7 +220,8 @@ class MCBFusion(Fusion):
     ``Ψ(x ⊗ y) = Ψ_x(x) * Ψ_y(y) = IFFT(FFT(Ψ_x x) ⊙ FFT(Ψ_y y)) ∈ R^d`` (count sketches ``Ψ`` with fixed
     random hashes and signs, ``d = sketch_dim``), ``c = signed_sqrt_l2(Ψ(x ⊗ y))``, ``z = W_o c ∈ R^dim``.
     The sketches are buffers (saved with the model, never trained). Parameters: ``(d + 1) dim``.
-    The FFT runs in float32 whatever the autocast dtype.
+    The sketch and FFT run in the inputs' dtype promoted to at least float32: float32 under a half
+    autocast dtype, float64 for float64 inputs (``.double()`` or a float64 default dtype).
     """
 
     stage = "mid"
@@ -238,9 +242,10 @@ class MCBFusion(Fusion):
         return linear_params(sketch_dim, dim)
 
     def forward(self, image: EncoderOutput, text: EncoderOutput) -> torch.Tensor:
+        dtype = torch.promote_types(torch.promote_types(image.pooled.dtype, text.pooled.dtype), torch.float32)
         with torch.autocast(image.pooled.device.type, enabled=False):
-            x = image.pooled.float() @ self.sketch_image
-            y = text.pooled.float() @ self.sketch_text
+            x = image.pooled.to(dtype) @ self.sketch_image.to(dtype)
+            y = text.pooled.to(dtype) @ self.sketch_text.to(dtype)
             conv = torch.fft.irfft(torch.fft.rfft(x, dim=-1) * torch.fft.rfft(y, dim=-1), n=self.sketch_dim, dim=-1)
             c = signed_sqrt_l2(conv)
-        return self.out(self.dropout(c))
+        return self.out(self.dropout(c.to(self.out.weight.dtype)))

@@ -1,13 +1,20 @@
 """Fusions against the implementations they cite (issue 13), recomputed by hand from the parameters.
 
+- the cited variants as options: ``mutan input_activation=identity`` (block.bootstrap / MMF ``Mutan``),
+  ``nl_gate form=multibench`` (MultiBench ``NLgate``), ``concat hidden=[..] output_activation=false``
+  (MMF ``concat_mlp``), ``mul activation=relu`` (MMF ``mlb``), each next to its default formula;
 - ``mcb`` in float64 (``.double()`` and a float64 default dtype).
 """
 
 from __future__ import annotations
 
-import torch
-from test_fusions import build, inputs
+import math
 
+import pytest
+import torch
+from test_fusions import DX, DY, N_IMG, B, build, fusion_class, inputs, options, pad
+
+from mmfuse.errors import MMFuseError
 from mmfuse.types import EncoderOutput
 
 ATOL = 1e-5
@@ -15,6 +22,133 @@ ATOL = 1e-5
 
 def linear(layer: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return x @ layer.weight.T + layer.bias
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.unsqueeze(-1).to(x.dtype)
+    return (x * m).sum(1) / m.sum(1)
+
+
+# -- the cited variants, and the defaults next to them ---------------------------------------------------
+
+@pytest.mark.parametrize(("override", "act"), [({}, torch.tanh), ({"input_activation": "identity"}, lambda t: t)],
+                         ids=["default-tanh", "block_bootstrap-identity"])
+def test_mutan_is_the_rank_r_sum_with_or_without_tanh(override, act):
+    """``z = W_o Σ_r (M_r σ(W_x x)) ⊙ (N_r σ(W_y y))``; block.bootstrap's ``Mutan`` is ``σ = identity``."""
+    f = build("mutan", dim=3, mm_dim=4, rank=2, **override)
+    image, text = inputs()
+    x, y = act(linear(f.proj_image, image.pooled)), act(linear(f.proj_text, text.pooled))
+    m0, m1 = linear(f.merge_image, x), linear(f.merge_text, y)      # [B, R m], rank-major as in Mutan
+    core = m0[:, :4] * m1[:, :4] + m0[:, 4:] * m1[:, 4:]
+    assert torch.allclose(f(image, text), linear(f.out, core), atol=ATOL)
+
+
+@pytest.mark.parametrize(("override", "act"), [({}, torch.tanh), ({"activation": "relu"}, torch.relu)],
+                         ids=["default-tanh", "mmf_mlb-relu"])
+def test_mul_is_the_product_of_the_activated_projections(override, act):
+    f = build("mul", dim=4, **override)
+    image, text = inputs()
+    expected = act(linear(f.proj_image, image.pooled)) * act(linear(f.proj_text, text.pooled))
+    assert torch.allclose(f(image, text), expected, atol=1e-6)
+
+
+def test_concat_default_is_one_activated_layer():
+    f = build("concat", dim=4)
+    image, text = inputs()
+    h = torch.cat([image.pooled, text.pooled], 1)
+    assert torch.allclose(f(image, text), torch.relu(linear(f.proj, h)), atol=1e-6)
+
+
+def test_concat_with_hidden_layers_is_mmf_concat_mlp():
+    """MMF ``ConcatMLP``: ReLU after each hidden layer, none after the output layer."""
+    f = build("concat", dim=4, hidden=[7, 5], output_activation=False)
+    assert [(lay.in_features, lay.out_features) for lay in (*f.hidden, f.proj)] == [(DX + DY, 7), (7, 5), (5, 4)]
+    image, text = inputs()
+    h = torch.cat([image.pooled, text.pooled], 1)
+    h = torch.relu(linear(f.hidden[1], torch.relu(linear(f.hidden[0], h))))
+    assert torch.allclose(f(image, text), linear(f.proj, h), atol=1e-6)
+    with_act = build("concat", dim=4, hidden=[7, 5])   # same seed, same weights; σ on the output too
+    assert torch.allclose(with_act(image, text), torch.relu(linear(f.proj, h)), atol=1e-6)
+
+
+def test_nl_gate_default_is_the_scaled_gate_mean_pooled():
+    """``form=gate``: ``z = mean_n a_n ⊙ Σ_s softmax_s(q_n·k_s / √d) v_s``, ``a = W_x x``, ``q = W_q a``."""
+    f = build("nl_gate", dim=4)
+    image, text = inputs()
+    a = linear(f.proj_image, image.tokens)
+    q, k, v = linear(f.query, a), linear(f.key, text.tokens), linear(f.value, text.tokens)
+    w = torch.softmax((q @ k.transpose(1, 2) / 2.0).masked_fill(~text.mask.unsqueeze(1), -math.inf), -1)
+    assert torch.allclose(f(image, text), masked_mean(a * (w @ v), image.mask), atol=ATOL)
+
+
+def multibench_nlgate(f, image: EncoderOutput, text: EncoderOutput) -> torch.Tensor:
+    """MultiBench ``NLgate.forward`` with ``qin = W_q X``, ``kin = (W_k Y)ᵀ``, ``vin = W_v Y`` (masked keys
+    added, since MultiBench has no masks): ``flatten(qin + softmax(qin @ kin) @ vin)``."""
+    qin = linear(f.query, image.tokens)
+    kin = linear(f.key, text.tokens).transpose(1, 2)
+    vin = linear(f.value, text.tokens)
+    scores = torch.matmul(qin, kin).masked_fill(~text.mask.unsqueeze(1), -math.inf)
+    return torch.flatten(qin + torch.matmul(torch.softmax(scores, dim=2), vin), 1)
+
+
+def test_nl_gate_multibench_form_is_multibench_nlgate():
+    f = build("nl_gate", dim=4, form="multibench", image_tokens=N_IMG)
+    assert f.out_dim == N_IMG * 4
+    assert sum(p.numel() for p in f.parameters()) == (DX + 1) * 4 + 2 * (DY + 1) * 4
+    image, text = inputs()
+    expected = multibench_nlgate(f, image, text)
+    assert torch.allclose(f(image, text), expected, atol=ATOL)
+    # padded image positions (mask False) give zeros, also when there are fewer tokens than N
+    short = EncoderOutput(image.pooled, image.tokens[:, :4], image.mask[:, :4])
+    out = f(short, text).view(B, N_IMG, 4)
+    assert torch.allclose(out[:, :4], expected.view(B, N_IMG, 4)[:, :4], atol=ATOL)
+    assert torch.equal(out[:, 4:], torch.zeros(B, 2, 4))
+    assert torch.allclose(f(pad(image, 3), text), expected, atol=ATOL)
+
+
+def test_nl_gate_multibench_form_needs_the_image_token_count():
+    with pytest.raises(MMFuseError, match=r"^fusion.image_tokens is unset \(nl_gate form=multibench"):
+        fusion_class("nl_gate")(DX, DY, dim=4, form="multibench")
+    with pytest.raises(MMFuseError, match=r"fusion.form='nonlocal' \(nl_gate\): expected one of"):
+        fusion_class("nl_gate")(DX, DY, dim=4, form="nonlocal")
+    f = build("nl_gate", dim=4, form="multibench", image_tokens=N_IMG - 2)
+    with pytest.raises(MMFuseError, match=rf"^fusion.image_tokens={N_IMG - 2} \(nl_gate form=multibench\) but the "
+                                          rf"image encoder gives up to {N_IMG} real tokens: set fusion.image_tokens"):
+        f(*inputs())
+
+
+def test_concat_hidden_width_must_be_positive():
+    with pytest.raises(MMFuseError, match=r"^fusion.hidden\[1\]=0 for concat: must be a positive integer"):
+        fusion_class("concat")(DX, DY, dim=4, hidden=[3, 0])
+
+
+OPTIONS = [
+    ("mutan", {"input_activation": "identity"}),
+    ("mul", {"activation": "relu"}),
+    ("concat", {"hidden": [7, 5], "output_activation": False}),
+    ("nl_gate", {"form": "multibench", "image_tokens": N_IMG}),
+]
+
+
+@pytest.mark.parametrize(("name", "override"), OPTIONS, ids=[n for n, _ in OPTIONS])
+def test_the_cited_variants_keep_the_contract(name, override):
+    """Parameter formula for two sizes, a gradient for every parameter, padding and a batch of one."""
+    for image_dim, text_dim in ((DX, DY), (40, 8)):
+        fusion = build(name, image_dim, text_dim, **override)
+        assert sum(p.numel() for p in fusion.parameters()) == fusion_class(name).expected_params(
+            image_dim, text_dim, **{**options(name), **override})
+    fusion = build(name, **override).train()
+    image, text = inputs()
+    out = fusion(image, text)
+    (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(3))).sum().backward()
+    no_grad = [n for n, p in fusion.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not no_grad
+    fusion.eval()
+    with torch.no_grad():
+        ref = fusion(image, text)
+        assert torch.allclose(fusion(pad(image, 3), pad(text, 4)), ref, atol=ATOL, rtol=1e-4)
+        one = fusion(EncoderOutput(*(t[1:2] for t in image)), EncoderOutput(*(t[1:2] for t in text)))
+        assert torch.allclose(one[0], ref[1], atol=ATOL, rtol=1e-4)
 
 
 # -- mcb in float64 ---------------------------------------------------------------------------------------
@@ -62,3 +196,31 @@ def test_mcb_float32_inputs_into_a_double_module_give_float64():
     out = f(image, text)
     assert out.dtype == torch.float64
     assert torch.allclose(out, mcb_reference(f, image.pooled.double(), text.pooled.double()), atol=1e-6)
+
+
+README_OVERRIDES = {
+    "mul": (("fusion.activation=relu",), lambda f: isinstance(f.act, torch.nn.ReLU)),
+    "concat": (("fusion.hidden=[500,500]", "fusion.output_activation=false"),
+               lambda f: [m.out_features for m in f.hidden] == [500, 500] and not f.output_activation),
+    "mutan": (("fusion.input_activation=identity",), lambda f: isinstance(f.input_act, torch.nn.Identity)),
+    "nl_gate": (("fusion.form=multibench", "fusion.image_tokens=64"),
+                lambda f: f.form == "multibench" and f.out_dim == 64 * 64),
+}
+
+
+@pytest.mark.parametrize("name", sorted(README_OVERRIDES))
+def test_the_readme_overrides_build_and_train_one_step(make_cfg, name):
+    """The overrides the README's fusion table gives, through the real config and the default encoders
+    (tiny_cnn at 32 px: 64 image tokens)."""
+    from mmfuse.builder import build_module
+
+    overrides, built_as_said = README_OVERRIDES[name]
+    module = build_module(make_cfg(f"fusion={name}", *overrides))
+    assert built_as_said(module.model.fusion)
+    text = ["a red circle to the left of a blue square", "a green cross"]
+    module.model.text_encoder.tokenizer.fit(text)
+    images = module.model.image_encoder.transform(torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8))
+    assert module.model.image_encoder(images).tokens.shape[1] == 64
+    batch = {"image": images, **module.model.text_encoder.tokenizer(text), "label": torch.tensor([1.0, 0.0])}
+    loss, outputs = module.task.step(module.model, batch)
+    assert outputs["logits"].shape == (2,) and torch.isfinite(loss)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmfuse.errors import MMFuseError
-from mmfuse.fusion.base import Fusion, linear_params, require_positive
+from mmfuse.fusion.base import Fusion, linear_params, make_activation, require_positive
 from mmfuse.types import EncoderOutput
 
 
@@ -94,19 +94,23 @@ class MFHFusion(Fusion):
 class MutanFusion(Fusion):
     """MUTAN (Ben-younes et al. 2017): Tucker fusion whose core is constrained to rank ``R``.
 
-    ``x̃ = tanh(W_x x)``, ``ỹ = tanh(W_y y) ∈ R^m``; ``z = W_o Σ_{r<R} (M_r x̃) ⊙ (N_r ỹ)``, ``z ∈ R^dim``
-    (``m = mm_dim``). Parameters: ``(Dx + 1) m + (Dy + 1) m + 2 (m + 1) m R + (m + 1) dim``.
+    ``x̃ = σ(W_x x)``, ``ỹ = σ(W_y y) ∈ R^m``; ``z = W_o Σ_{r<R} (M_r x̃) ⊙ (N_r ỹ)``, ``z ∈ R^dim``
+    (``m = mm_dim``, ``σ = input_activation``). The default ``tanh`` is the authors' first code
+    (Cadene/vqa.pytorch, ``activation_v: tanh``, ``activation_q: tanh``); block.bootstrap's and MMF's
+    ``Mutan`` have no activation there, which ``input_activation=identity`` gives.
+    Parameters: ``(Dx + 1) m + (Dy + 1) m + 2 (m + 1) m R + (m + 1) dim``.
     """
 
     stage = "mid"
 
     def __init__(self, image_dim: int, text_dim: int, dim: int = 256, mm_dim: int = 128, rank: int = 5,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, input_activation: str = "tanh") -> None:
         super().__init__(image_dim, text_dim)
         require_positive("mutan", dim=dim, mm_dim=mm_dim, rank=rank)
         self.out_dim, self.mm_dim, self.rank = dim, mm_dim, rank
         self.proj_image = nn.Linear(image_dim, mm_dim)
         self.proj_text = nn.Linear(text_dim, mm_dim)
+        self.input_act = make_activation(input_activation)
         self.merge_image = nn.Linear(mm_dim, mm_dim * rank)
         self.merge_text = nn.Linear(mm_dim, mm_dim * rank)
         self.out = nn.Linear(mm_dim, dim)
@@ -118,8 +122,8 @@ class MutanFusion(Fusion):
                 + 2 * linear_params(mm_dim, mm_dim * rank) + linear_params(mm_dim, dim))
 
     def forward(self, image: EncoderOutput, text: EncoderOutput) -> torch.Tensor:
-        x = self.dropout(torch.tanh(self.proj_image(image.pooled)))
-        y = self.dropout(torch.tanh(self.proj_text(text.pooled)))
+        x = self.dropout(self.input_act(self.proj_image(image.pooled)))
+        y = self.dropout(self.input_act(self.proj_text(text.pooled)))
         z = (self.merge_image(x) * self.merge_text(y)).view(-1, self.rank, self.mm_dim).sum(1)
         return self.out(self.dropout(z))
 

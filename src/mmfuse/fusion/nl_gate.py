@@ -1,5 +1,11 @@
 """Non-local gating (Wang et al. 2020, "What makes training multimodal classification networks hard?";
-MultiBench ``NLgate``): each image token is gated by what it retrieves from the text."""
+MultiBench ``NLgate``): each image token is gated by what it retrieves from the text.
+
+Two forms. ``form=gate`` (the default) is mmfuse's own variant: the retrieved text multiplies the
+image token, with scaled dot products, and the tokens are mean-pooled. ``form=multibench`` is
+MultiBench's ``NLgate``: the retrieved text is added to the query, with plain dot products, and the
+tokens are flattened, so its width depends on the number of image tokens.
+"""
 
 from __future__ import annotations
 
@@ -8,38 +14,86 @@ import math
 import torch
 from torch import nn
 
+from mmfuse.errors import MMFuseError
 from mmfuse.fusion.base import Fusion, linear_params, masked_mean, require_positive
 from mmfuse.types import EncoderOutput
 
+FORMS = ("gate", "multibench")
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor,
+           temperature: float) -> torch.Tensor:
+    """``g_n = Σ_s softmax_s(q_n·k_s / temperature) v_s`` over the keys with ``key_mask`` True."""
+    scores = torch.einsum("bnd,bsd->bns", q, k) / temperature
+    scores = scores.masked_fill(~key_mask.unsqueeze(1), float("-inf"))
+    return torch.einsum("bns,bsd->bnd", torch.softmax(scores.float(), dim=-1).to(v.dtype), v)
+
 
 class NLGateFusion(Fusion):
-    """``a_n = W_x x_n``, ``q_n = W_q a_n``, ``k_s = W_k y_s``, ``v_s = W_v y_s`` (all ``∈ R^d``);
-    ``g_n = Σ_s softmax_s(q_n·k_s / √d) v_s`` over the real text tokens; ``z = mean_n (a_n ⊙ g_n)`` over
-    the real image tokens, ``z ∈ R^d``.
+    """``form=gate``: ``a_n = W_x x_n``, ``q_n = W_q a_n``, ``k_s = W_k y_s``, ``v_s = W_v y_s`` (all
+    ``∈ R^d``); ``g_n = Σ_s softmax_s(q_n·k_s / √d) v_s`` over the real text tokens;
+    ``z = mean_n (a_n ⊙ g_n)`` over the real image tokens, ``z ∈ R^d``.
     Parameters: ``(Dx + 1) d + (d + 1) d + 2 (Dy + 1) d``.
+
+    ``form=multibench`` (MultiBench ``NLgate`` with its three linear layers): ``q_n = W_q x_n``,
+    ``k_s = W_k y_s``, ``v_s = W_v y_s``; ``g_n = Σ_s softmax_s(q_n·k_s) v_s`` (no ``√d``);
+    ``z = [q_1 + g_1; …; q_N + g_N] ∈ R^{N d}`` with ``N = image_tokens`` (padded image positions give
+    zeros). MultiBench reshapes the projected keys to ``[d, S]`` without a transpose; here ``k_s`` is the
+    projection of token ``s``, as the paper's non-local block has it.
+    Parameters: ``(Dx + 1) d + 2 (Dy + 1) d``.
     """
 
     stage = "mid"
     needs_tokens = True
 
-    def __init__(self, image_dim: int, text_dim: int, dim: int = 64, dropout: float = 0.0) -> None:
+    def __init__(self, image_dim: int, text_dim: int, dim: int = 64, dropout: float = 0.0, form: str = "gate",
+                 image_tokens: int | None = None) -> None:
         super().__init__(image_dim, text_dim)
         require_positive("nl_gate", dim=dim)
-        self.out_dim = dim
-        self.proj_image = nn.Linear(image_dim, dim)
-        self.query = nn.Linear(dim, dim)
+        if form not in FORMS:
+            raise MMFuseError(f"fusion.form={form!r} (nl_gate): expected one of {FORMS}")
+        self.form = form
+        if form == "multibench":
+            if image_tokens is None:
+                raise MMFuseError("fusion.image_tokens is unset (nl_gate form=multibench flattens the image "
+                                  "tokens): set it to the image encoder's token count, e.g. 64 for tiny_cnn at 32 px")
+            require_positive("nl_gate", image_tokens=image_tokens)
+            self.image_tokens = int(image_tokens)
+            self.out_dim = self.image_tokens * dim
+        else:
+            self.out_dim = dim
+            self.proj_image = nn.Linear(image_dim, dim)
+        self.dim = dim
+        self.query = nn.Linear(dim if form == "gate" else image_dim, dim)
         self.key = nn.Linear(text_dim, dim)
         self.value = nn.Linear(text_dim, dim)
         self.dropout = nn.Dropout(dropout)
 
     @staticmethod
-    def param_formula(image_dim: int, text_dim: int, dim: int, **_: object) -> int:
-        return linear_params(image_dim, dim) + linear_params(dim, dim) + 2 * linear_params(text_dim, dim)
+    def param_formula(image_dim: int, text_dim: int, dim: int, form: str, **_: object) -> int:
+        text = 2 * linear_params(text_dim, dim)
+        if form == "multibench":
+            return linear_params(image_dim, dim) + text
+        return linear_params(image_dim, dim) + linear_params(dim, dim) + text
 
     def forward(self, image: EncoderOutput, text: EncoderOutput) -> torch.Tensor:
+        k, v = self.key(text.tokens), self.value(text.tokens)
+        if self.form == "multibench":
+            return self.multibench(image, k, v, text.mask)
         a = self.proj_image(image.tokens)
-        q, k, v = self.query(a), self.key(text.tokens), self.value(text.tokens)
-        scores = torch.einsum("bnd,bsd->bns", q, k) / math.sqrt(self.out_dim)
-        scores = scores.masked_fill(~text.mask.unsqueeze(1), float("-inf"))
-        g = torch.einsum("bns,bsd->bnd", torch.softmax(scores.float(), dim=-1).to(v.dtype), v)
+        g = attend(self.query(a), k, v, text.mask, math.sqrt(self.dim))
         return masked_mean(self.dropout(a * g), image.mask)
+
+    def multibench(self, image: EncoderOutput, k: torch.Tensor, v: torch.Tensor,
+                   text_mask: torch.Tensor) -> torch.Tensor:
+        tokens, mask = image.tokens, image.mask
+        n = self.image_tokens
+        if tokens.shape[1] > n:
+            if mask[:, n:].any():
+                raise MMFuseError(f"fusion.image_tokens={n} (nl_gate form=multibench) but the image encoder gives "
+                                  f"up to {int(mask.sum(1).max())} real tokens: set fusion.image_tokens to that")
+            tokens, mask = tokens[:, :n], mask[:, :n]
+        q = self.query(tokens)
+        h = torch.where(mask.unsqueeze(-1), q + attend(q, k, v, text_mask, 1.0), torch.zeros((), dtype=q.dtype, device=q.device))
+        h = torch.nn.functional.pad(h, (0, 0, 0, n - h.shape[1]))  # fewer tokens than N: zeros at the end
+        return self.dropout(h.flatten(1))

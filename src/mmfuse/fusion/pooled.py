@@ -8,10 +8,12 @@ MLP head / ``attention`` + an MLP head can. The ``W`` of the issue's ``z = W(...
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
-from mmfuse.fusion.base import Fusion, linear_params, make_activation
+from mmfuse.fusion.base import Fusion, linear_params, make_activation, require_positive
 from mmfuse.types import EncoderOutput
 
 
@@ -55,6 +57,9 @@ class AddFusion(_ProjectedPair):
 class MulFusion(_ProjectedPair):
     """Multiplicative (MLB, Kim et al. 2017): ``z = σ(A x) ⊙ σ(B y)``, ``z ∈ R^dim``.
 
+    ``σ = activation``: ``tanh`` by default, as in the MLB paper; MMF's and block.bootstrap's ``mlb``
+    default to ``relu`` (``activ_input="relu"``), which ``activation=relu`` gives. Their output layer
+    ``relu(W_o z)`` is not part of this fusion (the task head comes after it).
     Parameters: ``(Dx + 1) dim + (Dy + 1) dim``.
     """
 
@@ -69,27 +74,41 @@ class MulFusion(_ProjectedPair):
 
 
 class ConcatFusion(Fusion):
-    """Concatenation + MLP (MMF ``concat_mlp``): ``z = σ(W [x; y] + b)``, ``z ∈ R^dim``.
+    """Concatenation + MLP (MMF ``concat_mlp``).
 
-    Parameters: ``(Dx + Dy + 1) dim``.
+    ``h_0 = [x; y]``, ``h_i = drop(σ(W_i h_{i−1} + b_i))`` for the widths ``hidden = (h_1..h_n)``, then
+    ``z = drop(σ(W h_n + b))`` (``output_activation=true``) or ``z = drop(W h_n + b)`` (``false``),
+    ``z ∈ R^dim``. The default ``hidden=[]`` is one layer, ``z = σ(W [x; y] + b)``; MMF's ``concat_mlp``
+    is ``hidden=[500, 500], output_activation=false`` (ReLU between its layers, none after the last).
+    Parameters: ``Σ_i (h_{i−1} + 1) h_i + (h_n + 1) dim`` with ``h_0 = Dx + Dy``.
     """
 
     stage = "mid"
 
     def __init__(self, image_dim: int, text_dim: int, dim: int = 256, activation: str = "relu",
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, hidden: Sequence[int] = (), output_activation: bool = True) -> None:
         super().__init__(image_dim, text_dim)
+        widths = [int(h) for h in hidden]
+        require_positive("concat", dim=dim, **{f"hidden[{i}]": h for i, h in enumerate(widths)})
         self.out_dim = dim
-        self.proj = nn.Linear(image_dim + text_dim, dim)
+        ins = [image_dim + text_dim, *widths]
+        self.hidden = nn.ModuleList(nn.Linear(d_in, d_out) for d_in, d_out in zip(ins, widths))
+        self.proj = nn.Linear(ins[-1], dim)
         self.act = make_activation(activation)
+        self.output_activation = bool(output_activation)
         self.dropout = nn.Dropout(dropout)
 
     @staticmethod
-    def param_formula(image_dim: int, text_dim: int, dim: int, **_: object) -> int:
-        return linear_params(image_dim + text_dim, dim)
+    def param_formula(image_dim: int, text_dim: int, dim: int, hidden: Sequence[int], **_: object) -> int:
+        ins = [image_dim + text_dim, *map(int, hidden)]
+        return sum(linear_params(d_in, d_out) for d_in, d_out in zip(ins, ins[1:])) + linear_params(ins[-1], dim)
 
     def forward(self, image: EncoderOutput, text: EncoderOutput) -> torch.Tensor:
-        return self.dropout(self.act(self.proj(torch.cat([image.pooled, text.pooled], dim=-1))))
+        h = torch.cat([image.pooled, text.pooled], dim=-1)
+        for layer in self.hidden:
+            h = self.dropout(self.act(layer(h)))
+        z = self.proj(h)
+        return self.dropout(self.act(z) if self.output_activation else z)
 
 
 class AttentionFusion(Fusion):

@@ -1,13 +1,21 @@
 """``evaluate(cfg)``: rebuild a model from a checkpoint alone and evaluate it, writing ``results.json``.
 
 The checkpoint carries the training run's resolved config and its command-line overrides. The eval
-config is recomposed from those overrides with the eval command's own on top (so ``data.root=...`` or
-``data=...`` point the same model at other data); the model sections (``encoder``, ``fusion``,
-``task``) always come from the checkpoint, so they match its weights.
+config is recomposed from those overrides with the eval command's own on top; then
+
+- the model sections (``encoder``, ``fusion``, ``task``) come from the checkpoint, so they match its
+  weights;
+- the sections that shaped the data (``data``, ``cache``: ``CARRIED_SECTIONS``) are the training
+  run's resolved values, whatever set them (``debug=fast``, an experiment, a group default), with the
+  eval command's overrides of their keys on top (``data.root=<other folder>``, ``data.seed=5``: other
+  data of the same kind). Values the config derives from other keys (``${paths.cache_dir}/shapes``)
+  are derived again for the eval run. Selecting another option of the group (``data=coco_captions``)
+  drops the training run's section: the data is then that option's, with the eval command's keys.
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +32,7 @@ from mmfuse.results import RunRecord
 from mmfuse.runinfo import task_overrides, versions
 
 MODEL_SECTIONS = ("encoder", "fusion", "task")
+CARRIED_SECTIONS = ("data", "cache")
 NOT_INHERITED = ("hydra", "ckpt_path", "hparams_search", "debug", "paths")
 
 
@@ -54,6 +63,60 @@ def merge_overrides(saved: list[str], user: list[str]) -> list[str]:
     return kept + list(user)
 
 
+def carried_section(section: str, composed: dict[str, Any], saved: dict[str, Any], user: list[str]) -> dict[str, Any]:
+    """The training run's ``saved`` values of ``section``, with the user's overrides of its keys and
+    the interpolated values of ``composed`` (the eval config's section, unresolved) on top."""
+    out = copy.deepcopy(saved)
+    for path in _interpolated(composed):
+        _set(out, path, _get(composed, path))
+    for o in OverridesParser.create().parse_overrides(user):
+        key = _key(o).lstrip("+~")
+        if not key.startswith(section + "."):
+            continue
+        path = key[len(section) + 1:].split(".")
+        if o.is_delete():
+            _delete(out, path)
+        else:
+            _set(out, path, _get(composed, path))
+    return out
+
+
+def _interpolated(node: Any, path: tuple[str, ...] = ()) -> list[list[str]]:
+    if isinstance(node, dict):
+        return [p for k, v in node.items() for p in _interpolated(v, (*path, str(k)))]
+    return [list(path)] if isinstance(node, str) and "${" in node else []
+
+
+def _get(tree: dict[str, Any], path: list[str]) -> Any:
+    for part in path:
+        tree = tree[part]
+    return tree
+
+
+def _set(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    for part in path[:-1]:
+        if not isinstance(tree.get(part), dict):
+            tree[part] = {}
+        tree = tree[part]
+    tree[path[-1]] = copy.deepcopy(value)
+
+
+def _delete(tree: dict[str, Any], path: list[str]) -> None:
+    for part in path[:-1]:
+        tree = tree.get(part) if isinstance(tree.get(part), dict) else {}
+    tree.pop(path[-1], None)
+
+
+def carry_data_settings(eval_cfg: DictConfig, saved_config: dict[str, Any], user: list[str]) -> None:
+    """Replace ``eval_cfg``'s ``CARRIED_SECTIONS`` by the training run's (see the module docstring)."""
+    groups = {_key(o).lstrip("+~") for o in OverridesParser.create().parse_overrides(user)}
+    for section in CARRIED_SECTIONS:
+        if section in groups or not isinstance(saved_config.get(section), dict) or section not in eval_cfg:
+            continue  # another option of the group chosen, or a checkpoint without the section
+        composed = OmegaConf.to_container(eval_cfg[section], resolve=False)
+        eval_cfg[section] = OmegaConf.create(carried_section(section, composed, saved_config[section], user))
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.paths.output_dir)
     record = RunRecord(run_dir, kind="eval", ckpt_path=str(cfg.get("ckpt_path")), overrides=task_overrides(),
@@ -65,6 +128,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         eval_cfg = compose(config_name="eval", overrides=merge_overrides(saved.get("overrides", []), user)
                            + [f"ckpt_path={cfg.ckpt_path}"])
         with open_dict(eval_cfg):
+            carry_data_settings(eval_cfg, saved["config"], user)
             for section in MODEL_SECTIONS:
                 eval_cfg[section] = OmegaConf.create(saved["config"][section])
             for enc in ("image", "text"):

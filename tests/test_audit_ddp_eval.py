@@ -1,12 +1,25 @@
-"""Issue 13 (audit): eval.py carries the training run's data settings."""
+"""Issue 13 (audit): eval.py carries the training run's data settings; DDP jobs log once, time the whole
+job and skip completed jobs before starting ranks."""
 
 from __future__ import annotations
 
+import json
+import time
+import warnings
 from pathlib import Path
 
+import pytest
+import torch
+
 from conftest import FAST
+from mmfuse import distributed
+from mmfuse.cli import run_entry
+from mmfuse.distributed import RankPlan, run_ranks
 from mmfuse.evaluate import carried_section, evaluate
+from mmfuse.tasks.gallery import Gallery
 from mmfuse.train import train
+
+TINY = ("debug=fast", "data.num_train=48", "data.num_val=32", "data.num_test=16")
 
 
 # -- eval.py: the training run's data settings -----------------------------------------------------------
@@ -35,3 +48,60 @@ def test_carried_section_keeps_saved_values_under_the_users_keys_and_rederives_i
     assert out == {"num_val": 128, "seed": 5, "cache_dir": "${paths.cache_dir}/shapes",
                    "negatives": {"color": 0.0, "shape": 1.0}}
     assert saved["negatives"]["color"] == 1.0  # the checkpoint's config is not modified
+
+
+# -- DDP jobs (trainer=ddp_cpu: 2 CPU processes with gloo) ------------------------------------------------
+@pytest.mark.slow
+def test_a_ddp_job_prints_each_line_once_and_records_the_whole_jobs_wall_time(make_cfg, capfd):
+    cfg = make_cfg("trainer=ddp_cpu", *TINY)
+    run_dir = Path(cfg.paths.output_dir)
+    t0 = time.perf_counter()
+    run_entry(train, cfg)
+    elapsed = time.perf_counter() - t0
+    captured = capfd.readouterr()
+    console = captured.out + captured.err
+    assert console.count("`Trainer.fit` stopped: `max_epochs=1` reached.") == 1, console
+    assert console.count("[mmfuse] train completed") == 1
+    assert "GLOBAL_RANK: 1" not in console  # rank 1 writes to its own log only
+    [rank0], [rank1] = run_dir.glob("*_rank0.log"), run_dir.glob("*_rank1.log")
+    assert rank1.read_text().count("Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2") == 1
+    assert rank0.read_text().count("`Trainer.fit` stopped: `max_epochs=1` reached.") == 1
+    results = json.loads((run_dir / "results.json").read_text())
+    # from before the ranks start to after they exit: all of run_entry but building one Trainer (rank_plan)
+    assert elapsed - 3.0 <= results["wall_time_s"] <= elapsed
+
+
+def test_a_completed_ddp_job_is_skipped_before_any_rank_process_starts(make_cfg, monkeypatch, capsys):
+    cfg = make_cfg("trainer=ddp_cpu", *TINY)
+    run_dir = Path(cfg.paths.output_dir)
+    recorded = {"status": "completed", "kind": "train", "overrides": ["trainer=ddp_cpu", *TINY],
+                "metrics": {"val/acc": 0.625, "val/loss": 0.5}, "wall_time_s": 31.5, "attempt": 1}
+    (run_dir / "results.json").write_text(json.dumps(recorded))
+    started = []
+
+    def popen(*args, **kwargs):
+        started.append(args)
+        raise AssertionError("a rank process was started")
+
+    monkeypatch.setattr(distributed.subprocess, "Popen", popen)
+    assert run_ranks(train, cfg, RankPlan(processes=2)) == recorded
+    assert run_entry(train, cfg) == 0.625  # the recorded optimized_metric (val/acc)
+    assert started == []
+    assert capsys.readouterr().out.count(f"[mmfuse] {run_dir} already holds this run, completed: skipped") == 2
+    assert json.loads((run_dir / "results.json").read_text()) == recorded
+
+
+
+@pytest.mark.xfail(strict=True, reason="needs Gallery.items to sum its item count over the processes before "
+                   "computing (src/mmfuse/tasks/gallery.py, not this helper's file: the change is in H6's report)")
+def test_a_gallery_no_process_updated_is_not_computed_under_ddp(tmp_path):
+    """The DDP warning "compute ... of metric Gallery was called before the update": ITM on pair data
+    (shapes) fills no retrieval gallery, yet under DDP every rank computed its empty galleries."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert Gallery(("pooled",)).items() is None
+    finally:
+        torch.distributed.destroy_process_group()
+    assert [str(w.message) for w in caught if "before the ``update``" in str(w.message)] == []

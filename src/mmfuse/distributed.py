@@ -12,8 +12,13 @@ process becomes a supervisor, much like ``torchrun``:
   ``WORLD_SIZE`` / ``MASTER_ADDR`` / ``MASTER_PORT`` set (Lightning then joins them instead of
   launching), and hands each the job's composed config (task and ``hydra`` nodes, pickled on stdin),
   so the ranks run exactly this job, in this job's directory, with nothing re-composed;
+- a training job whose directory already holds it, completed, is skipped here, before any rank starts
+  (as ``mmfuse.train`` skips it in one process);
 - rank 0 writes ``results.json``, checkpoints and logs; every rank logs to ``<job name>_rank<r>.log``
-  in the job directory;
+  in the job directory, and only rank 0 also to the console (the other ranks' stdout and stderr go to
+  their log file), each line once;
+- the job's ``started_at``, ``finished_at`` and ``wall_time_s`` in ``results.json`` are the
+  supervisor's: from before the ranks start until they have all exited;
 - if a rank fails, the others are killed and the job's ``results.json`` says failed, naming the rank;
   the supervisor itself never joins the process group, so a sweep survives any rank failure, and the
   next job starts from a clean environment.
@@ -43,8 +48,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from mmfuse.data.atomic import atomic_write_json
 from mmfuse.errors import MMFuseError
-from mmfuse.results import FILENAME, mark_failed, read_results
+from mmfuse.results import FILENAME, mark_failed, read_results, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +58,7 @@ WORKER_ENV = "MMFUSE_RANK_PROCESS"  # set in the rank processes this module star
 ERROR_FD_ENV = "MMFUSE_RANK_ERROR_FD"  # a rank writes its user error (one line) to this file descriptor
 RANK_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK")
 EXIT_USER_ERROR = 2
+LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric")  # each adds a console handler of its own
 
 
 @dataclass(frozen=True)
@@ -138,20 +145,32 @@ def run_ranks(fn: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig, plan:
     """
     from hydra.core.hydra_config import HydraConfig
 
-    hydra_cfg = HydraConfig.instance().cfg
+    from mmfuse.runinfo import task_overrides
+
     run_dir = Path(cfg.paths.output_dir)
+    if cfg.get("job_name", "train") == "train":
+        from mmfuse.resume import previous_run, report_skipped
+
+        previous = previous_run(run_dir, task_overrides())  # raises, touching nothing, if the dir holds another run
+        if previous is not None and previous.get("status") == "completed":
+            return report_skipped(run_dir, previous)
+    hydra_cfg = HydraConfig.instance().cfg
     payload = pickle.dumps({"fn": _function_path(fn), "task": cfg, "hydra": hydra_cfg})
     world, port = plan.processes, free_port()
     preexec = _die_with_parent if sys.platform.startswith("linux") else None
     log.info("starting %d rank processes (logs: %s)", world, rank_log(run_dir, hydra_cfg.hydra.job.name, "<r>"))
-    t0 = time.perf_counter()
+    started_at, t0 = utc_now(), time.perf_counter()
     procs, messages = [], []  # messages: a pipe per rank for the one line of a user error
     for rank in range(world):
         read_fd, write_fd = os.pipe()
+        console = None if rank == 0 else open(rank_log(run_dir, hydra_cfg.hydra.job.name, rank), "ab")  # noqa: SIM115
         proc = subprocess.Popen([sys.executable, "-m", "mmfuse.distributed"], stdin=subprocess.PIPE,
                                 env={**rank_env(rank, world, port), ERROR_FD_ENV: str(write_fd)},
-                                pass_fds=(write_fd,), preexec_fn=preexec)
+                                pass_fds=(write_fd,), preexec_fn=preexec, stdout=console,
+                                stderr=None if console is None else subprocess.STDOUT)
         os.close(write_fd)
+        if console is not None:
+            console.close()  # the rank holds its own descriptor
         proc.stdin.write(payload)
         proc.stdin.close()
         procs.append(proc)
@@ -174,7 +193,7 @@ def run_ranks(fn: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig, plan:
     if failed is None:
         if results is None:
             raise RuntimeError(f"all {world} ranks exited cleanly but {run_dir / FILENAME} is missing")
-        return results
+        return record_job_time(run_dir, results, started_at, time.perf_counter() - t0)
     rank, code = failed
     logfile = rank_log(run_dir, hydra_cfg.hydra.job.name, rank)
     how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
@@ -188,6 +207,15 @@ def run_ranks(fn: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig, plan:
         results = mark_failed(run_dir, error + (f" (rank 0 then: {recorded})" if recorded else ""),
                               wall_time_s=time.perf_counter() - t0)
     raise RankFailed(results["error"])
+
+
+def record_job_time(run_dir: Path, results: dict[str, Any], started_at: str, wall_time_s: float) -> dict[str, Any]:
+    """``results.json`` with the job's ``started_at``, ``finished_at`` and ``wall_time_s`` as the supervisor
+    measured them (rank 0 timed only its own part: from its ``train`` call, after the ranks' start-up and
+    imports, to before their shutdown)."""
+    results = {**results, "started_at": started_at, "finished_at": utc_now(), "wall_time_s": round(wall_time_s, 3)}
+    atomic_write_json(results, run_dir / FILENAME)
+    return results
 
 
 def _read_all(fd: int) -> str:
@@ -268,6 +296,29 @@ def _stop(procs: list[subprocess.Popen], sig: int, grace_s: float = 30) -> None:
             p.wait()
 
 
+def use_job_log_handlers(console: bool) -> None:
+    """Every log record through the job's handlers (Hydra's ``job_logging``) once.
+
+    Lightning's loggers print on console handlers of their own (``lightning`` always; ``lightning.pytorch``
+    and ``lightning.fabric`` when imported before logging was configured) and, besides, propagate to the
+    job's: each line twice. Their handlers are dropped. ``console=False`` (ranks other than 0, whose
+    stdout and stderr are their log file) also drops the job's console handlers, which would write each
+    line into that file a second time.
+    """
+    import lightning.pytorch  # noqa: F401  (its import adds the handlers)
+
+    for name in LIGHTNING_LOGGERS:
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        logger.propagate = True
+    if not console:
+        root = logging.getLogger()
+        for handler in list(root.handlers):
+            if type(handler) is logging.StreamHandler and getattr(handler, "stream", None) in (sys.stdout, sys.stderr):
+                root.removeHandler(handler)
+
+
 def worker_main() -> int:
     """Entry of a rank process: rebuild the job's config from stdin, log to its rank file, run ``fn``."""
     from hydra.core.hydra_config import HydraConfig
@@ -289,6 +340,7 @@ def worker_main() -> int:
     configure_log(full.hydra.job_logging, full.hydra.verbose)
     module, name = payload["fn"].split(":")
     fn = getattr(importlib.import_module(module), name)
+    use_job_log_handlers(console=rank == 0)
     try:
         fn(task)
     except MMFuseError as e:  # the supervisor reports it (one line)

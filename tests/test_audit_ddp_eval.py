@@ -1,5 +1,6 @@
 """Issue 13 (audit): eval.py carries the training run's data settings; DDP jobs log once, time the whole
-job and skip completed jobs before starting ranks."""
+job and skip completed jobs before starting ranks; two-rank mid-epoch resume; compare's failed runs and
+sample standard deviation."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import FAST
+from conftest import FAST, Items
 from mmfuse import distributed
 from mmfuse.cli import run_entry
+from mmfuse.compare import compare
+from mmfuse.compare.runs import collect
+from mmfuse.data.samplers import ResumableLoader, TrainBatches, TrainOrder
 from mmfuse.distributed import RankPlan, run_ranks
 from mmfuse.evaluate import carried_section, evaluate
 from mmfuse.tasks.gallery import Gallery
@@ -105,3 +109,72 @@ def test_a_gallery_no_process_updated_is_not_computed_under_ddp(tmp_path):
     finally:
         torch.distributed.destroy_process_group()
     assert [str(w.message) for w in caught if "before the ``update``" in str(w.message)] == []
+
+
+# -- mid-epoch resume with two ranks -------------------------------------------------------------------------
+@pytest.mark.parametrize("sampler_cls", [TrainOrder, TrainBatches])
+def test_two_ranks_resume_mid_epoch_with_the_global_batches_not_yet_trained(sampler_cls):
+    """Each rank's loader, stopped after 2 of its batches of 4 and resumed from its state, yields the
+    rest of its epoch; together the ranks' remaining batches are the one-process global batches of 8
+    from the third on (skipping 2 x 4 samples of the global order instead of 2 x 4 x 2 would repeat
+    global batch 1 and shift every later one)."""
+    data, b, world = Items(40), 4, 2
+
+    def loader(rank: int) -> ResumableLoader:
+        sampler = sampler_cls(data, b, world=world, rank=rank, seed=3)
+        return ResumableLoader(data, batch_size=None if sampler_cls is TrainBatches else b, sampler=sampler)
+
+    one = TrainOrder(data, b * world, world=1, rank=0, seed=3)
+    one.set_epoch(1)
+    single = list(one)
+    global_batches = [single[k:k + b * world] for k in range(0, len(single), b * world)]
+    rest = []
+    for rank in range(world):
+        first = loader(rank)
+        first.sampler.set_epoch(1)
+        it = iter(first)
+        seen = [next(it).tolist() for _ in range(2)]
+        state = first.state_dict()
+        assert state == {"epoch": 1, "batches": 2, "world": 2, "batch_size": 4, "seed": 3}
+        resumed = loader(rank)
+        resumed.load_state_dict(state)
+        rest.append([batch.tolist() for batch in resumed])
+        assert seen == [g[rank * b:(rank + 1) * b] for g in global_batches[:2]]
+    assert [r0 + r1 for r0, r1 in zip(*rest, strict=True)] == global_batches[2:]
+
+
+# -- compare -------------------------------------------------------------------------------------------------
+def _run(root: Path, name: str, status: str, overrides: list[str], acc: float, error: str | None = None) -> None:
+    (root / name).mkdir(parents=True)
+    (root / name / "results.json").write_text(json.dumps({
+        "status": status, "kind": "train", "overrides": overrides, "choices": {"fusion": "mul"},
+        "metrics": {"val/acc": acc}, "wall_time_s": 10.0, "error": error, "monitor": "val/acc"}))
+
+
+def test_compare_shows_a_failed_run_with_metrics_and_leaves_it_out_of_the_mean_and_sample_std(tmp_path):
+    sweep = tmp_path / "sweep"
+    for job, (seed, acc) in enumerate([(1, 0.5), (2, 0.7), (3, 0.9)]):
+        _run(sweep, str(job), "completed", ["fusion=add", f"seed={seed}"], acc)
+    _run(sweep, "3", "failed", ["fusion=add", "seed=4"], 0.1, error="RuntimeError: loss is nan")  # its last val
+    _run(sweep, "4", "completed", ["fusion=mul", "seed=1"], 0.6)
+    result = compare(collect([sweep]), out=tmp_path / "out", make_plot=False)
+    assert result.markdown == (
+        "5 runs, 4 with val/acc (higher is better)\n"
+        "\n"
+        "| rank | best | run | fusion | seed | val/acc | wall_time_s | status | error |\n"
+        "|---|---|---|---|---|---|---|---|---|\n"
+        "| 1 | best | 2 | add | 3 | **0.9000** | 10.0 | completed |  |\n"
+        "| 2 |  | 1 | add | 2 | 0.7000 | 10.0 | completed |  |\n"
+        "| 3 |  | 4 | mul | 1 | 0.6000 | 10.0 | completed |  |\n"
+        "| 4 |  | 0 | add | 1 | 0.5000 | 10.0 | completed |  |\n"
+        "|  |  | 3 | add | 4 |  | 10.0 | failed | RuntimeError: loss is nan |\n"
+        "\n"
+        "val/acc over seeds (mean ± sample std, n runs):\n"
+        "\n"
+        "| fusion | mean | std | n |\n"
+        "|---|---|---|---|\n"
+        "| add | 0.7000 | 0.2000 | 3 |\n"  # with the failed run: 0.5500, 0.3416, 4; population std: 0.1633
+        "| mul | 0.6000 |  | 1 |\n"
+    )
+    add = next(a for a in result.aggregated if a.group == {"fusion": "add"})
+    assert (add.mean, add.std, add.n) == (pytest.approx(0.7, abs=1e-15), 0.2, 3)

@@ -3,7 +3,10 @@
 - the cited variants as options: ``mutan input_activation=identity`` (block.bootstrap / MMF ``Mutan``),
   ``nl_gate form=multibench`` (MultiBench ``NLgate``), ``concat hidden=[..] output_activation=false``
   (MMF ``concat_mlp``), ``mul activation=relu`` (MMF ``mlb``), each next to its default formula;
-- ``mcb`` in float64 (``.double()`` and a float64 default dtype).
+- ``mcb`` in float64 (``.double()`` and a float64 default dtype);
+- reference computations that a planted bug fails: TFN with its real activations, ``co_attention``
+  (both streams of a layer from the previous layer) and ``mult`` (keys and values from ``X⁰`` / ``Y⁰``),
+  with the attention blocks written out from their weights (no module of mmfuse called).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from test_fusions import DX, DY, N_IMG, B, build, fusion_class, inputs, options, pad
 
 from mmfuse.errors import MMFuseError
@@ -196,6 +200,103 @@ def test_mcb_float32_inputs_into_a_double_module_give_float64():
     out = f(image, text)
     assert out.dtype == torch.float64
     assert torch.allclose(out, mcb_reference(f, image.pooled.double(), text.pooled.double()), atol=1e-6)
+
+
+# -- TFN with its real activations ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_tfn_formula_with_its_real_activation(activation):
+    """``z = σ(W vec([σ(A x); 1] ⊗ [σ(B y); 1]) + b)``, the product laid out ``t[i (h+1) + j] = a_i b_j``.
+    ``tanh`` as well, since ``relu(1) = 1`` hides an activation applied after appending the 1."""
+    act = {"relu": torch.relu, "tanh": torch.tanh}[activation]
+    f = build("tfn", hidden=3, dim=4, activation=activation)
+    image, text = inputs()
+    a = torch.cat([act(linear(f.proj_image, image.pooled)), torch.ones(B, 1)], 1)
+    b = torch.cat([act(linear(f.proj_text, text.pooled)), torch.ones(B, 1)], 1)
+    t = torch.stack([a[:, i] * b[:, j] for i in range(4) for j in range(4)], 1)
+    assert torch.allclose(f(image, text), act(linear(f.out, t)), atol=1e-6)
+
+
+# -- the token fusions, written out from their weights ----------------------------------------------------
+
+def layer_norm(norm: torch.nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    mu = x.mean(-1, keepdim=True)
+    var = ((x - mu) ** 2).mean(-1, keepdim=True)
+    return (x - mu) / torch.sqrt(var + norm.eps) * norm.weight + norm.bias
+
+
+def attention(mha: torch.nn.MultiheadAttention, q: torch.Tensor, kv: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    """``W_o concat_h softmax_s(Q_h K_hᵀ / √(d/h)) V_h + b_o`` over the keys with ``key_mask`` True."""
+    d, h = mha.embed_dim, mha.num_heads
+    w, bias = mha.in_proj_weight, mha.in_proj_bias
+    heads = [(t @ w[i * d:(i + 1) * d].T + bias[i * d:(i + 1) * d]).unflatten(-1, (h, d // h))
+             for i, t in enumerate((q, kv, kv))]
+    scores = torch.einsum("bthe,bshe->bhts", heads[0], heads[1]) / math.sqrt(d // h)
+    weights = torch.softmax(scores.masked_fill(~key_mask[:, None, None, :], -math.inf), -1)
+    return linear(mha.out_proj, torch.einsum("bhts,bshe->bthe", weights, heads[2]).flatten(2))
+
+
+def feed_forward(ffn: torch.nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    return linear(ffn[3], F.gelu(linear(ffn[0], x)))
+
+
+def cross(block, q: torch.Tensor, c: torch.Tensor, c_mask: torch.Tensor) -> torch.Tensor:
+    """Pre-norm cross block: ``q += Attn(LN_q q, LN_kv c)``, ``q += FFN(LN q)``."""
+    kv = layer_norm(block.norm_kv, c)
+    q = q + attention(block.attn, layer_norm(block.norm_q, q), kv, c_mask)
+    return q + feed_forward(block.ffn, layer_norm(block.norm2, q))
+
+
+def self_layer(block, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    h = layer_norm(block.norm1, x)
+    x = x + attention(block.attn, h, h, mask)
+    return x + feed_forward(block.ffn, layer_norm(block.norm2, x))
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_co_attention_layer_takes_both_streams_from_the_previous_layer(layers):
+    """``X̂ = Cross_x(X, Y)``, ``Ŷ = Cross_y(Y, X)`` from the same previous ``X, Y``, then ``Self`` each;
+    ``z = mean LN(X) ⊙ mean LN(Y)``. Feeding the updated ``X̂`` into ``Cross_y`` fails this."""
+    f = build("co_attention", dim=8, heads=2, layers=layers).eval()
+    image, text = inputs()
+    x, y = linear(f.proj_image, image.tokens), linear(f.proj_text, text.tokens)
+    for i in range(layers):
+        x_hat = cross(f.cross_image[i], x, y, text.mask)
+        y_hat = cross(f.cross_text[i], y, x, image.mask)
+        x, y = self_layer(f.self_image[i], x_hat, image.mask), self_layer(f.self_text[i], y_hat, text.mask)
+    expected = masked_mean(layer_norm(f.norm_image, x), image.mask) * masked_mean(layer_norm(f.norm_text, y), text.mask)
+    with torch.no_grad():
+        assert torch.allclose(f(image, text), expected, atol=ATOL)
+
+
+def positions(n: int, d: int) -> torch.Tensor:
+    """``PE[t, 2i] = sin(t / 10000^(2i/d))``, ``PE[t, 2i+1] = cos(t / 10000^(2i/d))``."""
+    pe = torch.zeros(n, d)
+    for t in range(n):
+        for i in range(0, d, 2):
+            pe[t, i] = math.sin(t / 10000 ** (i / d))
+            pe[t, i + 1] = math.cos(t / 10000 ** (i / d))
+    return pe
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_mult_keys_and_values_always_come_from_the_sources_first_layer(layers):
+    """``Y^l = Cross(Y^{l−1}, X⁰)``, ``X^l = Cross(X^{l−1}, Y⁰)``, then ``Self``; ``z = [mean LN(Y); mean LN(X)]``.
+    Two layers: at the first one ``X^{l−1} = X⁰``, so only the second tells keys from ``X⁰`` from keys
+    from the other stream's previous layer."""
+    f = build("mult", dim=8, heads=2, layers=layers, self_layers=1).eval()
+    image, text = inputs()
+    x0 = linear(f.proj_image, image.tokens) + positions(N_IMG, 8)
+    y0 = linear(f.proj_text, text.tokens) + positions(text.tokens.shape[1], 8)
+    ty, tx = y0, x0
+    for i in range(layers):
+        ty = cross(f.to_text[i], ty, x0, image.mask)
+        tx = cross(f.to_image[i], tx, y0, text.mask)
+    ty, tx = self_layer(f.self_text[0], ty, text.mask), self_layer(f.self_image[0], tx, image.mask)
+    expected = torch.cat([masked_mean(layer_norm(f.norm_text, ty), text.mask),
+                          masked_mean(layer_norm(f.norm_image, tx), image.mask)], -1)
+    with torch.no_grad():
+        assert torch.allclose(f(image, text), expected, atol=ATOL)
 
 
 README_OVERRIDES = {

@@ -6,6 +6,13 @@ file's size and sha256 in the manifest, re-opens the files to check them against
 shapes, dtypes), and only then renames the directory to ``<root>/<key>``. A writer killed at any point leaves a ``.tmp-`` directory
 that no reader looks at (and the next writer of that key deletes it), never a half-written entry.
 
+Disk space: ``array`` checks, before it creates a file, that the folder's free space
+(``shutil.disk_usage``) holds the new array and any earlier one of the entry whose blocks could not
+be reserved, then reserves the file's blocks (``posix_fallocate``, where the file system has it, so
+that no other writer can take them). A full disk is thus
+an ``MMFuseError`` ("no space left on <dir>, needs N MB (has M MB free)") before any row is written,
+never a SIGBUS from writing into a sparse memory map.
+
 ``open_entry`` checks an entry before it is used: the manifest parses, every file exists with the
 recorded size and, with ``verify="checksum"``, the recorded sha256; any mismatch raises
 ``CacheCorrupt`` with the reason. Arrays are returned memory-mapped (read-only).
@@ -13,7 +20,9 @@ recorded size and, with ``verify="checksum"``, the recorded sha256; any mismatch
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
 import secrets
 import shutil
@@ -23,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from mmfuse.errors import MMFuseError
 from mmfuse.features.keys import FORMAT_VERSION, file_sha256
 
 MANIFEST = "manifest.json"
@@ -60,12 +70,27 @@ class EntryWriter:
         self.tmp = self.root / f"{key}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
         self.tmp.mkdir(parents=True)
         self.arrays: dict[str, np.memmap] = {}
+        self.unreserved = 0  # bytes of arrays whose blocks the file system could not reserve (sparse)
 
     def array(self, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-        """A zero-filled array backed by ``<tmp>/<name>.npy`` to write rows into."""
-        arr = np.lib.format.open_memmap(self.tmp / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+        """A zero-filled array backed by ``<tmp>/<name>.npy`` to write rows into (disk space checked
+        and reserved first; see the module docstring)."""
+        needs = math.prod(shape) * np.dtype(dtype).itemsize + self.unreserved
+        free = shutil.disk_usage(self.tmp).free
+        if needs > free:
+            raise self.no_space(needs, free)
+        path = self.tmp / f"{name}.npy"
+        arr = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
         self.arrays[name] = arr
+        if not _reserve(path, self, needs):
+            self.unreserved += arr.nbytes
         return arr
+
+    def no_space(self, needs: int, free: int) -> MMFuseError:
+        return MMFuseError(
+            f"feature cache: no space left on {self.root}, needs {math.ceil(needs / 1e6):,} MB (has "
+            f"{free // 1_000_000:,} MB free). Fix: free space there, put the cache elsewhere "
+            "(paths.cache_dir=<a folder with space> or cache.dir=...), or cache=off")
 
     def publish(self, manifest: dict[str, Any]) -> Path:
         files = {}
@@ -93,6 +118,23 @@ class EntryWriter:
     def abort(self) -> None:
         self.arrays.clear()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _reserve(path: Path, writer: EntryWriter, needs: int) -> bool:
+    """Allocate the blocks of ``path`` (a sparse file until rows are written); False where the file
+    system cannot, ``writer.no_space`` when the disk is full."""
+    if not hasattr(os, "posix_fallocate"):
+        return False
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):  # EOPNOTSUPP, EINVAL: the file system cannot; the check above stands
+            return False
+        raise writer.no_space(needs, shutil.disk_usage(writer.root).free) from None
+    finally:
+        os.close(fd)
+    return True
 
 
 def remove_stale(root: Path, key: str) -> list[Path]:

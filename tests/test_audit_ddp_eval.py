@@ -40,6 +40,9 @@ def test_eval_of_a_debug_fast_run_evaluates_the_runs_data_and_gets_its_metrics(m
                               config_name="eval"))
     assert other["data"]["val"]["images"] == 64 and other["data"]["train"]["images"] == 256  # debug=fast's
     assert other["metrics"]["val/loss"] != trained["metrics"]["val/loss"]
+    # naming the training run's own data option keeps its settings; another option starts from that option's
+    same = evaluate(make_cfg(f"ckpt_path={ckpt}", "data=shapes", subdir="eval3", config_name="eval"))
+    assert same["data"]["val"] == trained["data"]["val"]
 
 
 def test_carried_section_keeps_saved_values_under_the_users_keys_and_rederives_interpolations():

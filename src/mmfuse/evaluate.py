@@ -9,8 +9,9 @@ config is recomposed from those overrides with the eval command's own on top; th
   run's resolved values, whatever set them (``debug=fast``, an experiment, a group default), with the
   eval command's overrides of their keys on top (``data.root=<other folder>``, ``data.seed=5``: other
   data of the same kind). Values the config derives from other keys (``${paths.cache_dir}/shapes``)
-  are derived again for the eval run. Selecting another option of the group (``data=coco_captions``)
-  drops the training run's section: the data is then that option's, with the eval command's keys.
+  are derived again for the eval run. Selecting another option of the group than the training run's
+  (``data=coco_captions`` for a run on shapes) drops the training run's section: the data is then that
+  option's, with the eval command's keys.
 """
 
 from __future__ import annotations
@@ -107,11 +108,14 @@ def _delete(tree: dict[str, Any], path: list[str]) -> None:
     tree.pop(path[-1], None)
 
 
-def carry_data_settings(eval_cfg: DictConfig, saved_config: dict[str, Any], user: list[str]) -> None:
-    """Replace ``eval_cfg``'s ``CARRIED_SECTIONS`` by the training run's (see the module docstring)."""
-    groups = {_key(o).lstrip("+~") for o in OverridesParser.create().parse_overrides(user)}
+def carry_data_settings(eval_cfg: DictConfig, saved: dict[str, Any], user: list[str]) -> None:
+    """Replace ``eval_cfg``'s ``CARRIED_SECTIONS`` by the training run's (see the module docstring);
+    ``saved`` is the checkpoint's payload (``runinfo.checkpoint_payload``)."""
+    saved_config, choices = saved["config"], saved.get("choices") or {}
+    chosen = {_key(o).lstrip("+~"): str(o.value()) for o in OverridesParser.create().parse_overrides(user)}
+    switched = {section for section in CARRIED_SECTIONS if section in chosen and chosen[section] != choices.get(section)}
     for section in CARRIED_SECTIONS:
-        if section in groups or not isinstance(saved_config.get(section), dict) or section not in eval_cfg:
+        if section in switched or not isinstance(saved_config.get(section), dict) or section not in eval_cfg:
             continue  # another option of the group chosen, or a checkpoint without the section
         composed = OmegaConf.to_container(eval_cfg[section], resolve=False)
         eval_cfg[section] = OmegaConf.create(carried_section(section, composed, saved_config[section], user))
@@ -128,7 +132,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         eval_cfg = compose(config_name="eval", overrides=merge_overrides(saved.get("overrides", []), user)
                            + [f"ckpt_path={cfg.ckpt_path}"])
         with open_dict(eval_cfg):
-            carry_data_settings(eval_cfg, saved["config"], user)
+            carry_data_settings(eval_cfg, saved, user)
             for section in MODEL_SECTIONS:
                 eval_cfg[section] = OmegaConf.create(saved["config"][section])
             for enc in ("image", "text"):

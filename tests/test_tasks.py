@@ -142,7 +142,11 @@ def test_info_nce_is_clip_loss_for_distinct_images_and_soft_for_repeats():
     assert info_nce(u, v, ids, scale) == pytest.approx(float(soft), rel=1e-5)
     u.requires_grad_(True)
     info_nce(u, v, ids, scale).backward()
-    assert u.grad.abs().sum() > 0
+    w = u.detach().clone().requires_grad_(True)  # the gradient of the reference formula above
+    logits = 10.0 * F.normalize(w, dim=-1) @ F.normalize(v, dim=-1).T
+    (0.5 * (-(target * logits.log_softmax(1)).sum(1) - (target * logits.T.log_softmax(1)).sum(1)).mean()).backward()
+    torch.testing.assert_close(u.grad, w.grad, rtol=1e-5, atol=1e-7)
+    assert w.grad.abs().min() > 0
 
 
 def test_in_batch_negatives_never_pair_an_image_with_its_own_captions():
@@ -211,18 +215,30 @@ def test_itm_task_scores_every_val_pair_as_a_retriever():
         task.head.weight.fill_(1.0)
         task.head.bias.zero_()
     task.eval()
+    pos_logits, neg_logits = [], []
     for batch in val_batches(x, y, text_image, 16):
         _, out = task.step(model, batch)
         b = len(batch["text_id"])
         negatives = b if len(batch["image_id"].unique()) > 1 else 0  # the last batch holds one image only
         assert out["labels"].tolist() == [1.0] * b + [0.0] * negatives
         assert out["pair_type"].tolist() == [0] * b + [PAIR_TYPES.index("other")] * negatives
+        # head of ones on x ⊙ y: a positive's logit is x·y of its own image and caption
+        torch.testing.assert_close(out["logits"][:b], (x[batch["image_id"]] * y[batch["text_id"]]).sum(1))
+        pos_logits.append(out["logits"][:b])
+        neg_logits.append(out["logits"][b:])
         task.update("val", out, batch)
     task.epoch_end("val", model)
     metrics = {k: float(v) for k, v in task.compute("val").items()}
     expected = recall_at_k(matrix_rows(x @ y.T), text_image, 10)
     assert {k: metrics[f"val/{k}"] for k in expected} == pytest.approx(expected)
-    assert 0 <= metrics["val/acc"] <= 1 and "val/acc_positive" in metrics and "val/acc_other" in metrics
+    # accuracy counted by hand: a pair matches when its logit > 0 (none is exactly 0: p > 0.5 or >= 0.5 agree)
+    pos, neg = torch.cat(pos_logits), torch.cat(neg_logits)
+    assert len(pos) == 50 and len(neg) == 48 and not (torch.cat([pos, neg]) == 0).any()
+    hits_pos, hits_neg = int((pos > 0).sum()), int((neg < 0).sum())
+    assert 0 < hits_pos < 50 and 0 < hits_neg < 48  # neither rule "all match" nor "none" would pass
+    assert metrics["val/acc"] == pytest.approx((hits_pos + hits_neg) / 98, rel=1e-6)
+    assert metrics["val/acc_positive"] == pytest.approx(hits_pos / 50, rel=1e-6)
+    assert metrics["val/acc_other"] == pytest.approx(hits_neg / 48, rel=1e-6)
     task.reset("val")
     assert task.images["val"].items() is None
 
@@ -404,7 +420,9 @@ def test_multiclass_metrics_match_a_hand_count():
     assert m["val/acc"] == pytest.approx(4 / 6)
     f1 = [2 * 0.5 * 0.5 / 1.0, 2 * 0.5 * 1 / 1.5, 2 * 1 * (2 / 3) / (5 / 3)]  # per class: P, R from the counts
     assert m["val/f1"] == pytest.approx(sum(f1) / 3, rel=1e-4)
-    assert 0 <= m["val/auroc"] <= 1
+    # one-vs-rest AUROC per class (P(positive scored above negative), ties 1/2), then the macro mean:
+    # class 0: (3.5 + 1.5) / 8, class 1: 4.5 / 5, class 2: (3 + 3 + 1.5) / 9
+    assert m["val/auroc"] == pytest.approx((5 / 8 + 9 / 10 + 7.5 / 9) / 3, rel=1e-6)
 
 
 def test_multilabel_task_loss_and_metrics():

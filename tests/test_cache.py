@@ -57,6 +57,12 @@ def entry(datamodule, split: str = "train", side: str = "image") -> Path:
     return Path(datamodule.feature_cache.report[split][side]["path"])
 
 
+def unique_samples(datamodule) -> dict[str, int]:
+    """Images and texts of the three splits: what the encoders run on when every entry is built."""
+    splits = [datamodule.splits[name] for name in ("train", "val", "test")]
+    return {"image": sum(len(s.images) for s in splits), "text": sum(len(s.text) for s in splits)}
+
+
 def test_first_setup_encodes_once_second_reads_and_features_equal_the_encoders(make_cfg, tmp_path):
     module, dm = set_up(make_cfg, tmp_path, subdir="a")
     sizes = {name: (len(dm.splits[name].images), len(dm.splits[name].text)) for name in ("train", "val", "test")}
@@ -118,7 +124,9 @@ def test_a_changed_input_misses_only_its_side(make_cfg, tmp_path, override, imag
             changed = keys(dm)[f"{split}/{side}"] != keys(base)[f"{split}/{side}"]
             assert changed == misses, (split, side)
             assert statuses(dm)[f"{split}/{side}"] == ("built" if misses else "hit")
-    assert (module.model.encoded_samples["image"] > 0) == image_misses
+    every = unique_samples(dm)
+    assert module.model.encoded_samples == {"image": every["image"] if image_misses else 0,
+                                            "text": every["text"] if text_misses else 0}
 
 
 def test_other_weights_a_changed_transform_or_vocabulary_miss(make_cfg, tmp_path):
@@ -189,7 +197,8 @@ def test_rebuild_recomputes_once_per_process(make_cfg, tmp_path, monkeypatch):
 
     monkeypatch.setattr(cache_module, "PROCESS_START", time.time())  # as if a new process started now
     module, dm2 = set_up(make_cfg, tmp_path, "cache=rebuild", subdir="b")
-    assert set(statuses(dm2).values()) == {"rebuilt"} and module.model.encoded_samples["image"] > 0
+    assert set(statuses(dm2).values()) == {"rebuilt"} and module.model.encoded_samples == unique_samples(dm2)
+    assert unique_samples(dm2)["image"] == 256 + 128 + 128
     again, dm3 = set_up(make_cfg, tmp_path, "cache=rebuild", subdir="c")  # next job of the same sweep
     assert set(statuses(dm3).values()) == {"hit"} and again.model.encoded_samples == {"image": 0, "text": 0}
 
@@ -198,7 +207,8 @@ def test_store_is_memory_mapped_and_pickles_without_its_data(make_cfg, tmp_path)
     _, dm = set_up(make_cfg, tmp_path, "cache.tokens=true")
     store = dm.splits["train"].images
     assert isinstance(store.arrays["tokens"], np.memmap)
-    assert store.arrays["tokens"].nbytes > 4_000_000
+    tokens = store.arrays["tokens"]
+    assert tokens.shape == (256, 64, 64) and tokens.dtype == np.float32  # images x 8x8 grid x width, 4 MiB
     clone = pickle.loads(pickle.dumps(store))
     assert len(pickle.dumps(store)) < 20_000 and clone._arrays is None
     idx = torch.tensor([5, 1, 200])

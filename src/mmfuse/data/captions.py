@@ -3,7 +3,8 @@
 A subclass reads one split from disk into a ``CaptionSplit`` (image files, captions, which image each
 caption describes, and the records it could not use). This base then
 1. keeps the first ``num_<split>`` images (all when null), for debugging on a slice of the data;
-2. checks every image file (``verify_images``) and every caption (empty ones are bad);
+2. checks every image file (``verify_images``; at most ``max_pixels`` pixels from the header, null: no
+   limit) and every caption (empty ones are bad);
 3. stops before training with an error naming the file and the first bad records, or skips them
    (``on_bad_sample=skip``: logged, and counted in ``describe()`` -> ``results.json``);
 4. keeps at most ``captions_per_image`` captions per image (the first ones in file order; the COCO
@@ -23,6 +24,7 @@ from typing import Any
 
 import torch
 
+from mmfuse.data.image_size import DEFAULT_MAX_PIXELS, check_max_pixels
 from mmfuse.data.images import FilePairDataset, ImageFiles
 from mmfuse.data.validation import BadRecords, check_images, check_policy
 from mmfuse.datamodule import SPLITS, MMFuseDataModule
@@ -71,10 +73,12 @@ class CaptionDataModule(MMFuseDataModule):
         num_val: int | None = None,
         num_test: int | None = None,
         image_size: int = 224,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
         **loader: Any,
     ) -> None:
         super().__init__(**loader)
         check_policy(on_bad_sample, verify_images)
+        self.max_pixels = check_max_pixels(max_pixels)
         self.root = Path(str(root)).expanduser()
         if not self.root.is_dir():
             raise MMFuseError(f"data.root={root!r}: {self.root.resolve()} is not a folder. Fix: "
@@ -109,7 +113,7 @@ class CaptionDataModule(MMFuseDataModule):
                 captions_of[i].append(c)
         bad = raw.bad
         mode = self.verify_images
-        for i, reason in sorted(check_images([raw.images[i] for i in images], mode).items()):
+        for i, reason in sorted(check_images([raw.images[i] for i in images], mode, max_pixels=self.max_pixels).items()):
             i = images[i]
             bad.add(reason, f"{raw.image_keys[i]} ({raw.images[i]}, {len(captions_of[i])} caption(s))")
             captions_of.pop(i)
@@ -157,7 +161,7 @@ class CaptionDataModule(MMFuseDataModule):
         split = self.split(name)
         if split is None:
             return None
-        store = self._stores[name] = ImageFiles(split.images)
+        store = self._stores[name] = ImageFiles(split.images, self.max_pixels)
         n = len(split.captions)
         return FilePairDataset(
             images=store,
@@ -170,7 +174,8 @@ class CaptionDataModule(MMFuseDataModule):
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"dataset": self.dataset_name, "root": str(self.root),
-                               "on_bad_sample": self.on_bad_sample, "verify_images": self.verify_images}
+                               "on_bad_sample": self.on_bad_sample, "verify_images": self.verify_images,
+                               "max_pixels": self.max_pixels}
         for name in SPLITS:
             if name in self._stats:
                 stats = dict(self._stats[name])

@@ -14,18 +14,27 @@ there, else 2014. With ``karpathy_split=<path of dataset_coco.json>`` the splits
 benchmark), and the images are found under ``root/<filepath>/<filename>``.
 
 The official JSON: ``{"images": [{"id", "file_name", ...}], "annotations": [{"image_id", "caption",
-"id"}]}``. An annotation whose ``image_id`` is not among the images is a bad record.
+"id"}]}``. Bad records (``mmfuse.data.validation``): an image record without ``id`` / ``file_name``,
+an id that is not an integer or a string, a ``file_name`` outside the image folder (absolute or with
+``..``), an image id given to two different files (which photo its captions describe cannot be told:
+the id and all its captions are bad), an annotation id given twice (the later ones), an annotation
+for an unknown image id (or for one written as a string where the images have an integer).
+An image record repeated with the same id and the same file is one image (logged, not an error).
 """
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from mmfuse.data.captions import CaptionDataModule, CaptionSplit
 from mmfuse.data.karpathy import read_karpathy
-from mmfuse.data.validation import BadRecords, read_json, require_keys
+from mmfuse.data.validation import BadRecords, UnknownIds, id_problem, image_path, read_json, require_keys
 from mmfuse.errors import MMFuseError
+
+log = logging.getLogger(__name__)
 
 YEARS = ("auto", "2014", "2017")
 OFFICIAL = {"train": "train", "val": "val"}
@@ -35,27 +44,71 @@ def read_coco_captions(path: Path, image_dir: Path, split: str) -> CaptionSplit:
     data = read_json(path, "the official COCO captions JSON")
     require_keys(data, ["images", "annotations"], path, "the official COCO captions format")
     bad = BadRecords("coco_captions", split, [path])
-    images, image_keys, index_of = [], [], {}
-    for n, record in enumerate(data["images"]):
-        if not isinstance(record, dict) or "id" not in record or "file_name" not in record:
-            bad.add("image record without 'id' and 'file_name'", f"images[{n}]")
-            continue
-        index_of[record["id"]] = len(images)
-        images.append(image_dir / record["file_name"])
-        image_keys.append(f"image id {record['id']}")
+    files, refused, repeated = _image_records(data["images"], image_dir, bad)
+    index_of = {image_id: i for i, image_id in enumerate(i for i in files if i not in refused)}
+    images = [image_dir / files[image_id] for image_id in index_of]
+    image_keys = [f"image id {image_id}" for image_id in index_of]
+    if repeated:
+        log.warning("data=coco_captions, %s split: %d image record(s) in %s repeat an earlier one (same id, same "
+                    "file_name) and are counted once (first: image id %s)", split, len(repeated), path, repeated[0])
+    unknown = UnknownIds(files, "the images")
+    first_at: dict[Any, int] = {}  # annotation id -> where it first appears
+    captions_of_refused: Counter = Counter()
     captions, caption_image, caption_keys = [], [], []
     for n, ann in enumerate(data["annotations"]):
         key = f"annotation id {ann.get('id', n)}" if isinstance(ann, dict) else f"annotations[{n}]"
         if not isinstance(ann, dict) or "image_id" not in ann or not isinstance(ann.get("caption"), str):
             bad.add("annotation without 'image_id' and a 'caption' string", key)
             continue
-        if ann["image_id"] not in index_of:
-            bad.add(f"caption for unknown image id {ann['image_id']}", key)
+        reason = id_problem(ann.get("id", n), "annotation id") or id_problem(ann["image_id"], "image_id")
+        if reason:
+            bad.add(reason, f"annotations[{n}]")
+            continue
+        if "id" in ann:
+            if ann["id"] in first_at:
+                bad.add(f"duplicate annotation id (first at annotations[{first_at[ann['id']]}])", key)
+                continue
+            first_at[ann["id"]] = n
+        image_id = ann["image_id"]
+        if image_id in refused:
+            captions_of_refused[image_id] += 1
+            continue
+        if image_id not in index_of:
+            bad.add(unknown.reason(image_id, f"caption for unknown image id {image_id}"), key)
             continue
         captions.append(ann["caption"])
-        caption_image.append(index_of[ann["image_id"]])
+        caption_image.append(index_of[image_id])
         caption_keys.append(key)
+    for image_id, reason in refused.items():
+        bad.add(reason, f"image id {image_id} ({captions_of_refused[image_id]} caption(s))")
     return CaptionSplit(images, image_keys, captions, caption_image, caption_keys, bad)
+
+
+def _image_records(records: list, image_dir: Path, bad: BadRecords) -> tuple[dict[Any, Any], dict[Any, str], list]:
+    """``(file_name of each image id, why an id is refused, ids of records that repeat an earlier one)``."""
+    files: dict[Any, Any] = {}
+    refused: dict[Any, str] = {}
+    repeated = []
+    for n, record in enumerate(records):
+        if not isinstance(record, dict) or "id" not in record or "file_name" not in record:
+            bad.add("image record without 'id' and 'file_name'", f"images[{n}]")
+            continue
+        image_id, name = record["id"], record["file_name"]
+        if reason := id_problem(image_id, "image id"):
+            bad.add(reason, f"images[{n}]")
+            continue
+        if image_id in files:
+            if name == files[image_id]:
+                repeated.append(image_id)
+            else:
+                refused[image_id] = (f"image id given to two files ({files[image_id]!r} and {name!r}; which one "
+                                     "its captions describe cannot be told)")
+            continue
+        files[image_id] = name
+        where = image_path(image_dir, name)
+        if isinstance(where, str):
+            refused[image_id] = where
+    return files, refused, repeated
 
 
 class COCOCaptionsDataModule(CaptionDataModule):

@@ -1,6 +1,9 @@
 """Images stored as files (JPEG, PNG, GIF, WebP), decoded on demand with ``torchvision.io``.
 
-``ImageFiles(paths)`` is an image store for ``PairDataset``: ``load(i) -> uint8 [3, H, W]`` (RGB).
+``ImageFiles(paths, max_pixels)`` is an image store for ``PairDataset``: ``load(i) -> uint8 [3, H, W]``
+(RGB) and ``read_bytes(i)`` (the file, for decoding on a GPU). Both refuse a file whose header gives
+more than ``max_pixels`` pixels (``data.max_pixels``; ``mmfuse.data.image_size``) or no size, before
+anything is decoded.
 ``FilePairDataset`` is a ``PairDataset`` that decodes each image of a batch once and drops a pair
 whose image cannot be decoded (with a warning naming the file) instead of stopping mid-epoch; the
 store records such files (``failures()``, shared with DataLoader workers) for ``results.json``.
@@ -10,6 +13,7 @@ Files are checked before training (``mmfuse.data.validation``), so this is the l
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,29 +22,52 @@ from typing import Any
 import torch
 from torchvision.io import ImageReadMode, decode_image, read_file
 
+from mmfuse.data.image_size import DEFAULT_MAX_PIXELS, header_size, too_many_pixels
 from mmfuse.data.pairs import PairDataset
+from mmfuse.errors import MMFuseError
 
 log = logging.getLogger(__name__)
 
 
-def decode_file(path: str | Path) -> torch.Tensor:
-    """``uint8 [3, H, W]`` RGB (grey and palette images are converted, alpha dropped)."""
-    return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+def check_header(path: str | Path, data: bytes | memoryview, max_pixels: int | None) -> None:
+    """Raise ``MMFuseError`` unless the header of the file's bytes ``data`` gives a size within ``max_pixels``."""
+    size = header_size(io.BytesIO(data))
+    if size is None:
+        raise MMFuseError(f"{path}: no image size in its header (not a JPEG, PNG, GIF or WebP file, or a "
+                          "corrupt one); it is not decoded")
+    reason = too_many_pixels(size, max_pixels)
+    if reason:
+        raise MMFuseError(f"{path}: {reason}")
+
+
+def decode_file(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """``uint8 [3, H, W]`` RGB (grey and palette images are converted, alpha dropped), after
+    ``check_header`` (``max_pixels=None``: no pixel limit)."""
+    data = read_file(str(path))
+    check_header(path, memoryview(data.numpy()), max_pixels)
+    return decode_image(data, mode=ImageReadMode.RGB)
 
 
 class ImageFiles:
     """An image store over files; ``failed[i]`` is set (across worker processes) when file ``i``
     could not be decoded during training."""
 
-    def __init__(self, paths: Sequence[str | Path]) -> None:
+    def __init__(self, paths: Sequence[str | Path], max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
         self.paths = [Path(p) for p in paths]
+        self.max_pixels = max_pixels
         self.failed = torch.zeros(len(self.paths), dtype=torch.bool).share_memory_()
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def load(self, i: int) -> torch.Tensor:
-        return decode_file(self.paths[i])
+        return decode_file(self.paths[i], self.max_pixels)
+
+    def read_bytes(self, i: int) -> bytes:
+        """The bytes of file ``i``, for a decoder elsewhere (the feature cache's GPU JPEG decoding)."""
+        data = self.paths[i].read_bytes()
+        check_header(self.paths[i], data, self.max_pixels)
+        return data
 
     def failures(self) -> list[str]:
         return [str(self.paths[i]) for i in torch.nonzero(self.failed).flatten().tolist()]

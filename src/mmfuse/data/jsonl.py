@@ -2,14 +2,16 @@
 
     {"image": "photos/0001.jpg", "text": "a dog on a beach", "label": "dog"}
 
-Image paths are relative to ``image_root`` (default ``root``); records naming the same image share it.
+Image paths are relative to ``image_root`` (default ``root``); records naming the same image share it;
+an absolute path or one with ``..`` is a bad record (``mmfuse.data.validation.image_path``).
 ``labels`` says what ``label`` is:
 - ``none``: no labels; every record is a positive pair (retrieval; ITM with in-batch negatives);
 - ``match``: 0 / 1, the text does / does not describe the image (ITM on given pairs: batch ``label``);
 - ``multiclass``: one class, a name from ``classes`` or an index ``< num_classes`` (batch ``target``);
 - ``multilabel``: a list of classes (batch ``target``, multi-hot ``[B, num_classes]``).
 With class names and no ``classes`` list, the classes are the sorted names seen in the train file.
-Bad records (not JSON, missing keys, empty text, unknown class, bad image) follow ``on_bad_sample``.
+Bad records (not UTF-8, not JSON, missing keys, empty text, unknown class, bad image or image path)
+follow ``on_bad_sample``. A UTF-8 byte order mark at the start of the file is allowed.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 import torch
 
 from mmfuse.data.captions import CaptionDataModule, CaptionSplit
-from mmfuse.data.validation import BadRecords
+from mmfuse.data.validation import BadRecords, image_path
 from mmfuse.errors import MMFuseError
 
 LABELS = ("none", "match", "multiclass", "multilabel")
@@ -55,8 +57,14 @@ class JSONLDataModule(CaptionDataModule):
             raise MMFuseError(f"{path} not found (the data.jsonl file of this split). Fix: check data.root "
                               "and data.train / data.val / data.test")
         records = []
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, start=1):
+        with open(path, "rb") as f:
+            for n, raw in enumerate(f, start=1):
+                try:
+                    line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+                except UnicodeDecodeError as e:
+                    bad.add(f"not UTF-8 text (byte 0x{raw[e.start]:02x} at byte {e.start + 1} of the line; Fix: save "
+                            "the file as UTF-8)", f"line {n}")
+                    continue
                 if not line.strip():
                     continue
                 try:
@@ -120,6 +128,10 @@ class JSONLDataModule(CaptionDataModule):
             if not isinstance(text, str) or not isinstance(image, str):
                 bad.add("image and text must be strings", f"line {n}")
                 continue
+            where = image_path(self.image_root, image)
+            if isinstance(where, str):
+                bad.add(where, f"line {n}")
+                continue
             if self.labels != "none":
                 label = self._label(record[self.keys["label"]], names)
                 if isinstance(label, str):
@@ -128,7 +140,7 @@ class JSONLDataModule(CaptionDataModule):
                 labels.append(label)
             if image not in index_of:
                 index_of[image] = len(images)
-                images.append(self.image_root / image)
+                images.append(where)
                 image_keys.append(f"image {image!r} (line {n})")
             captions.append(text)
             caption_image.append(index_of[image])

@@ -2,8 +2,9 @@
 
 Format: ``{"images": [{"filename", "filepath"?, "split": train|val|test|restval, "sentences":
 [{"raw", "sentid", ...}], "cocoid"? / "imgid"}]}``. The image file is ``image_root / filepath /
-filename``. ``restval`` (COCO only) joins the train split when ``include_restval`` (the usual 113k
-training images).
+filename``; a ``filepath`` or ``filename`` that is absolute or has a ``..`` component is a bad record
+(``mmfuse.data.validation.image_path``). ``restval`` (COCO only) joins the train split when
+``include_restval`` (the usual 113k training images).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mmfuse.data.captions import CaptionSplit
-from mmfuse.data.validation import BadRecords, read_json, require_keys
+from mmfuse.data.validation import BadRecords, image_path, json_type, read_json, require_keys
 
 KARPATHY_SPLITS = ("train", "val", "test", "restval")
 
@@ -34,8 +35,14 @@ def read_karpathy(path: Path, split: str, image_root: Path, dataset: str,
         if record["split"] not in wanted:
             continue
         key = f"image {record.get('cocoid', record.get('imgid', n))}"
+        where = image_path(image_root, record.get("filepath", ""), record["filename"])
+        if not isinstance(record["sentences"], list):
+            where = f"'sentences' not a list (it is {json_type(record['sentences'])})"
+        if isinstance(where, str):
+            bad.add(where, f"images[{n}] ({key})")
+            continue
         index = len(images)
-        images.append(image_root / record.get("filepath", "") / record["filename"])
+        images.append(where)
         image_keys.append(key)
         for s, sentence in enumerate(record["sentences"]):
             sentence_key = f"sentid {sentence.get('sentid', s)}" if isinstance(sentence, dict) else f"sentence {s}"

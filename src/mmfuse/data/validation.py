@@ -1,17 +1,30 @@
 """Bad input in real datasets: find it before training, then stop or skip (``data.on_bad_sample``).
 
 What counts as bad: a missing, empty, unreadable or truncated image file, a file that is not an image,
-a caption for an unknown image id, an empty caption, a record without an expected key.
+an image of more than ``data.max_pixels`` pixels, an image path that leaves its folder, an id of the
+wrong type or given twice, a caption for an unknown image id, an empty caption, a record without an
+expected key.
+
+Image paths in annotation files (``file_name``, ``image``, ``filename`` / ``filepath``) are relative to
+a folder the config names (``data.root``, ``data.image_root``, ``data.image_dir``). ``image_path``
+refuses a path that is not a string, is absolute, or has a ``..`` component (any: ``link/../x``
+stays inside on paper but leaves the folder when ``link`` is a symlink): an annotation file must
+not make a run read (and train on, and cache) any file its user can read. Symlinks inside
+the folder are followed: whoever set up the folder made them (``train2014 -> /mnt/big/coco/train2014``
+is a common layout), not the annotation file. Ids (``image_id``, ``id``, ``question_id``) must be
+integers or strings; ``UnknownIds`` says when an id is unknown only because one file writes it as a
+string and the other as an integer.
 
 - ``on_bad_sample=error`` (default): ``BadRecords.resolve`` raises one ``MMFuseError`` that names the
   source file, lists the first offending records and counts the rest, and says how to fix it;
 - ``on_bad_sample=skip``: the records are left out, a warning says how many and which, and
   ``summary()`` (how many per reason, the first ones) goes into ``results.json`` through ``describe()``.
 
-Image checks (``data.verify_images``): ``quick`` reads the first and last bytes of every file (known
-image signature; JPEG end-of-image marker / PNG ``IEND`` chunk, which a partly written file lacks; a
-suspect file is then decoded to confirm), ``decode`` decodes every file, ``none`` only checks that
-the files exist. A file that still fails to decode during training is dropped from its batch with a
+Image checks (``data.verify_images``): ``quick`` reads the header and last bytes of every file (known
+image signature; width x height within ``data.max_pixels``; JPEG end-of-image marker / PNG ``IEND``
+chunk, which a partly written file lacks; a suspect file is then decoded to confirm), ``decode``
+decodes every file, ``none`` only checks that the files exist (the pixel limit is then met at
+decoding: ``mmfuse.data.images``). A file that still fails to decode during training is dropped from its batch with a
 warning and counted (``mmfuse.data.images``): training never stops mid-epoch on a bad image.
 """
 
@@ -23,9 +36,10 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
+from mmfuse.data.image_size import DEFAULT_MAX_PIXELS, header_size, too_many_pixels
 from mmfuse.errors import MMFuseError
 
 log = logging.getLogger(__name__)
@@ -59,18 +73,18 @@ def sniff(head: bytes) -> str | None:
     return None
 
 
-def decode_error(path: Path) -> str | None:
+def decode_error(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> str | None:
     """None if torchvision decodes ``path``, else why not."""
     from mmfuse.data.images import decode_file
 
     try:
-        decode_file(path)
+        decode_file(path, max_pixels)
     except Exception as e:  # torchvision raises RuntimeError with the decoder's message
         return f"cannot be decoded ({str(e).splitlines()[-1].strip()[:120]})"
     return None
 
 
-def check_image_file(path: str | Path, mode: str = "quick") -> str | None:
+def check_image_file(path: str | Path, mode: str = "quick", max_pixels: int | None = DEFAULT_MAX_PIXELS) -> str | None:
     """Why ``path`` is not a usable image (see the module docstring for ``mode``), or None if it is."""
     path = Path(path)
     try:
@@ -83,6 +97,8 @@ def check_image_file(path: str | Path, mode: str = "quick") -> str | None:
             return "empty image file"
         with open(path, "rb") as f:
             head = f.read(16)
+            f.seek(0)
+            width_height = header_size(f)
             f.seek(max(0, size - TAIL_BYTES))
             tail = f.read()
     except FileNotFoundError:
@@ -92,23 +108,75 @@ def check_image_file(path: str | Path, mode: str = "quick") -> str | None:
     kind = sniff(head)
     if kind is None:
         return "not an image (unknown file signature; expected JPEG, PNG, GIF or WebP)"
+    if width_height is not None and (reason := too_many_pixels(width_height, max_pixels)):
+        return reason  # before any decoding (a header without a size fails at decoding)
     suspect = (kind == "jpeg" and b"\xff\xd9" not in tail) or (kind == "png" and b"IEND" not in tail)
     if suspect or mode == "decode":
-        reason = decode_error(path)
+        reason = decode_error(path, max_pixels)
         if reason and suspect:
             return f"truncated {kind.upper()} file ({reason})"
         return reason
     return None
 
 
-def check_images(paths: Sequence[Path], mode: str = "quick", workers: int | None = None) -> dict[int, str]:
+def check_images(paths: Sequence[Path], mode: str = "quick", workers: int | None = None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict[int, str]:
     """``{index: reason}`` for every unusable file among ``paths`` (in parallel threads)."""
     if not paths:
         return {}
     workers = workers or min(16, (os.cpu_count() or 1) * 4)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        reasons = list(pool.map(lambda p: check_image_file(p, mode), paths, chunksize=64))
+        reasons = list(pool.map(lambda p: check_image_file(p, mode, max_pixels), paths, chunksize=64))
     return {i: r for i, r in enumerate(reasons) if r is not None}
+
+
+_JSON_TYPES = {bool: "a boolean", int: "an integer", float: "a float", str: "a string", list: "a list",
+               dict: "an object", type(None): "null"}
+
+
+def json_type(value: Any) -> str:
+    """What ``value`` is, in JSON's words ("an integer", "a list"), for messages about records."""
+    return _JSON_TYPES.get(type(value), f"a {type(value).__name__}")
+
+
+def image_path(folder: Path, *parts: Any) -> Path | str:
+    """``folder / parts...`` for an image path read from an annotation file, or why it is refused
+    (not a string, absolute, or with a ``..`` component; see the module docstring)."""
+    for part in parts:
+        if not isinstance(part, str):
+            return f"image path not a string ({part!r} is {json_type(part)})"
+        if "\0" in part:
+            return f"image path with a NUL byte ({part!r})"
+        if PurePosixPath(part).is_absolute() or ".." in PurePosixPath(part).parts:
+            why = "is absolute" if part.startswith("/") else "has a '..' component"
+            return f"image path outside the image folder ({part!r} {why}; paths are relative to {folder})"
+    return folder.joinpath(*parts)
+
+
+def id_problem(value: Any, what: str) -> str | None:
+    """Why ``value`` cannot be an id (``what``: "image id", ...): ids are integers or strings."""
+    if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+        return None
+    return f"{what} not an integer or a string ({value!r} is {json_type(value)})"
+
+
+class UnknownIds:
+    """Reasons for references to ids that ``known`` lacks: ``otherwise``, or, when the id is unknown
+    only because the two files write it as a string and as an integer ("5" vs 5), a reason that says so."""
+
+    def __init__(self, known: Mapping[Any, Any], owners: str) -> None:
+        self.known = known
+        self.owners = owners  # who holds the ids, for the message: "the images", "the annotations"
+        self._as_text: dict[str, Any] | None = None
+
+    def reason(self, value: Any, otherwise: str) -> str:
+        if self._as_text is None:
+            self._as_text = {str(k): k for k in self.known}
+        twin = self._as_text.get(str(value))
+        if twin is None or type(twin) is type(value):
+            return otherwise
+        return (f"id type mismatch ({value!r} is {json_type(value)}, {self.owners} have {json_type(twin)} "
+                f"{twin!r}; Fix: write the ids the same way in both files)")
 
 
 def read_json(path: str | Path, what: str) -> Any:

@@ -8,6 +8,10 @@ Layout under ``data.root`` (as downloaded from visualqa.org and cocodataset.org)
 Questions: ``{"questions": [{"question_id", "image_id", "question"}]}``; annotations:
 ``{"annotations": [{"question_id", "answers": [{"answer"}, ...10]}]}``. The image of a question is
 ``image_file`` formatted with its ``image_id``. There is no test split (VQA's test answers are private).
+Bad records: ids that are not integers or strings, a question id annotated twice, a question without
+an annotation (or whose id the two files write as a string and as an integer), an image id the
+``image_file`` pattern cannot format (a string for ``{image_id:012d}``) or a formatted path outside
+``root`` (``mmfuse.data.validation.image_path``).
 
 Answers are normalised (lower case, no trailing period, number words as digits, no articles: a subset
 of the official normalisation). The vocabulary is the ``num_answers`` most frequent answers over all
@@ -28,7 +32,15 @@ from typing import Any
 import torch
 
 from mmfuse.data.captions import CaptionDataModule, CaptionSplit
-from mmfuse.data.validation import BadRecords, read_json, require_keys
+from mmfuse.data.validation import (
+    BadRecords,
+    UnknownIds,
+    id_problem,
+    image_path,
+    json_type,
+    read_json,
+    require_keys,
+)
 from mmfuse.errors import MMFuseError
 
 SOFT_SCORES = ("min3", "official")
@@ -85,11 +97,19 @@ class VQAv2DataModule(CaptionDataModule):
         adata = read_json(apath, "VQA annotations")
         require_keys(adata, ["annotations"], apath, "the VQA v2 annotations format")
         bad = BadRecords(self.dataset_name, name, [qpath, apath])
-        answers = {}
+        answers, first_at = {}, {}
         for n, ann in enumerate(adata["annotations"]):
             if not isinstance(ann, dict) or "question_id" not in ann or not isinstance(ann.get("answers"), list):
                 bad.add("annotation without 'question_id' and an 'answers' list", f"annotations[{n}]")
                 continue
+            if reason := id_problem(ann["question_id"], "question_id"):
+                bad.add(reason, f"annotations[{n}]")
+                continue
+            if ann["question_id"] in first_at:
+                bad.add(f"question id annotated twice (first at annotations[{first_at[ann['question_id']]}])",
+                        f"annotations[{n}]")
+                continue
+            first_at[ann["question_id"]] = n
             answers[ann["question_id"]] = [normalize_answer(str(a.get("answer", ""))) for a in ann["answers"]
                                            if isinstance(a, dict)]
         return qpath, qdata["questions"], apath, answers, bad
@@ -109,21 +129,29 @@ class VQAv2DataModule(CaptionDataModule):
             return None
         qpath, questions, _, answers, bad = self._load(name)
         index = {a: i for i, a in enumerate(self.vocabulary())}
-        pattern = self.image_file[name]
         images, image_keys, image_of = [], [], {}
         texts, caption_image, keys, ids, scores = [], [], [], [], []
         no_answer_in_vocab = 0
+        unknown = UnknownIds(answers, "the annotations")
         for n, q in enumerate(questions):
             if not isinstance(q, dict) or any(k not in q for k in ("question_id", "image_id", "question")):
                 bad.add("question without 'question_id', 'image_id' and 'question'", f"questions[{n}]")
                 continue
+            reason = id_problem(q["question_id"], "question_id") or id_problem(q["image_id"], "image_id")
+            if reason:
+                bad.add(reason, f"questions[{n}]")
+                continue
             key = f"question id {q['question_id']}"
             if q["question_id"] not in answers:
-                bad.add("question without an annotation", key)
+                bad.add(unknown.reason(q["question_id"], "question without an annotation"), key)
                 continue
             if q["image_id"] not in image_of:
+                where = self._image(name, q["image_id"])
+                if isinstance(where, str):
+                    bad.add(where, key)
+                    continue
                 image_of[q["image_id"]] = len(images)
-                images.append(self.root / pattern.format(image_id=q["image_id"]))
+                images.append(where)
                 image_keys.append(f"image id {q['image_id']}")
             counts = Counter(a for a in answers[q["question_id"]] if a in index)
             no_answer_in_vocab += not counts
@@ -136,6 +164,16 @@ class VQAv2DataModule(CaptionDataModule):
         self._answer_stats[name] = {"questions_without_vocab_answer": no_answer_in_vocab}
         return CaptionSplit(images, image_keys, texts, caption_image, keys, bad,
                             {"answer_ids": ids, "answer_scores": scores})
+
+    def _image(self, split: str, image_id: int | str) -> Path | str:
+        """The image file of ``image_id`` (``image_file`` formatted), or why there is none."""
+        pattern = self.image_file[split]
+        try:
+            relative = pattern.format(image_id=image_id)
+        except (ValueError, TypeError, KeyError, IndexError) as e:
+            return (f"image id {image_id!r} does not fit data.image_file.{split}={pattern!r} ({json_type(image_id)}: "
+                    f"{e}; Fix: write image ids as integers, as VQA v2 does)")
+        return image_path(self.root, relative)
 
     def pair_fields(self, name: str, split: CaptionSplit) -> dict[str, torch.Tensor]:
         n = len(split.captions)

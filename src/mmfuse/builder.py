@@ -23,6 +23,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
+from mmfuse.checkpoint_io import CheckpointIO
 from mmfuse.datamodule import MMFuseDataModule
 from mmfuse.errors import MMFuseError
 from mmfuse.features import FeatureCache, cache_settings
@@ -132,9 +133,14 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
 def build_trainer(cfg: DictConfig, task: Task) -> L.Trainer:
     """The Trainer of ``cfg.trainer`` with the configured callbacks and loggers. With no progress bar
     among the callbacks (``callbacks.progress_bar=null``) there is none: Lightning would otherwise add
-    its own, redrawn after every step, unless ``trainer.enable_progress_bar`` says otherwise."""
+    its own, redrawn after every step, unless ``trainer.enable_progress_bar`` says otherwise.
+
+    Checkpoints are written and read by ``mmfuse.checkpoint_io.CheckpointIO`` (temporary name and
+    rename, checksum, ``weights_only`` loading, resume included)."""
     trainer_cfg = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k not in SPEED_KEYS}
     callbacks = build_callbacks(cfg, task)
     if not any(isinstance(cb, ProgressBar) for cb in callbacks):
         trainer_cfg.setdefault("enable_progress_bar", False)
-    return instantiate(trainer_cfg, callbacks=callbacks, logger=build_loggers(cfg))
+    plugins = trainer_cfg.pop("plugins", None) or []
+    plugins = list(plugins) if isinstance(plugins, list) else [plugins]
+    return instantiate(trainer_cfg, callbacks=callbacks, logger=build_loggers(cfg), plugins=[*plugins, CheckpointIO()])

@@ -4,6 +4,8 @@
 the text encoder's vocabulary travels with them) and nothing else: the optimizer, the learning-rate
 schedule, the epoch and step counters all start afresh. That is fine-tuning, or a later curriculum
 stage after an earlier run. Resuming an interrupted run is ``ckpt_path`` (see ``mmfuse.resume``).
+
+Both read the file with ``mmfuse.checkpoint_io.read_checkpoint`` (checksum verified, ``weights_only``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mmfuse.checkpoint_io import read_checkpoint
 from mmfuse.errors import MMFuseError
 from mmfuse.module import CONFIG_KEY
 
@@ -27,10 +30,7 @@ def load_checkpoint(path_value: Any, field: str = "ckpt_path") -> dict[str, Any]
     if not path.is_file():
         raise MMFuseError(f"{field}={path_value}: no such file. Fix: give the path of an existing checkpoint "
                           f"(train that run first), e.g. {field}=outputs/runs/<date>/<time>/checkpoints/last.ckpt")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise MMFuseError(f"{field}={path_value}: cannot be read as a checkpoint ({type(e).__name__}: {e})") from None
+    ckpt = read_checkpoint(path, field)
     if not isinstance(ckpt, dict) or CONFIG_KEY not in ckpt or "state_dict" not in ckpt:
         raise MMFuseError(f"{field}={path_value}: not an mmfuse checkpoint (it has no '{CONFIG_KEY}'); "
                           "give a checkpoint written by python train.py")

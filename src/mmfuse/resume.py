@@ -31,6 +31,7 @@ import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
 
+from mmfuse.checkpoint_io import check_checkpoint_file
 from mmfuse.data.samplers import ResumableLoader
 from mmfuse.errors import MMFuseError
 from mmfuse.results import FILENAME, read_results
@@ -75,7 +76,11 @@ def previous_run(run_dir: str | Path, overrides: list[str]) -> dict[str, Any] | 
 
 
 def checkpoint_to_resume(cfg: DictConfig, run_dir: str | Path, previous: dict[str, Any] | None) -> str | None:
-    """``ckpt_path``: an explicit ``last`` / path, else this directory's ``last.ckpt`` of an unfinished run."""
+    """``ckpt_path``: an explicit ``last`` / path, else this directory's ``last.ckpt`` of an unfinished run.
+
+    The file is checked before anything is built (checksum, a whole zip archive): a truncated or
+    corrupted checkpoint is an MMFuseError naming it and the fix. Lightning loads it later through
+    ``mmfuse.checkpoint_io.CheckpointIO`` (``weights_only``)."""
     run_dir = Path(run_dir)
     ckpt = cfg.get("ckpt_path")
     if ckpt not in (None, ""):
@@ -83,9 +88,11 @@ def checkpoint_to_resume(cfg: DictConfig, run_dir: str | Path, previous: dict[st
         if not path.is_file():
             raise MMFuseError(f"ckpt_path={ckpt}: {path} does not exist. Fix: give an existing checkpoint "
                               "file, or drop ckpt_path to start from scratch")
+        check_checkpoint_file(path, "ckpt_path")
         return str(path)
     last = run_dir / "checkpoints" / "last.ckpt"
     if previous is not None and previous.get("status") != "completed" and last.is_file():
+        check_checkpoint_file(last, "ckpt_path")
         log.warning("resuming the unfinished run in %s (status %s) from %s", run_dir, previous.get("status"), last)
         keep_metrics_csv(run_dir, int(previous.get("attempt") or 1))
         return str(last)

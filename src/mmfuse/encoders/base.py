@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from mmfuse.errors import MMFuseError
@@ -77,14 +76,20 @@ class Encoder(nn.Module):
 
 
 def load_local_state_dict(module: nn.Module, path: str | Path, what: str) -> None:
-    """Load ``path`` (a state dict, or a Lightning checkpoint's ``state_dict``) into ``module``."""
+    """Load ``path`` (a state dict, or a Lightning checkpoint's ``state_dict``) into ``module``.
+
+    Read with ``mmfuse.checkpoint_io.read_checkpoint``: tensors and plain containers only (a file that
+    would run code is refused), its checksum file verified when it has one."""
+    from mmfuse.checkpoint_io import read_checkpoint  # imports Lightning: only when a file is read
+
     path = Path(path).expanduser()
     if not path.is_file():
         raise MMFuseError(
             f"{what}: pretrained={str(path)!r} is not a file. Give the path of a saved state dict, "
             "pretrained=true for the default weights, or pretrained=false for random initialisation."
         )
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = read_checkpoint(path, field=f"{what}: pretrained",
+                            fix="Fix: give a state dict saved with torch.save(model.state_dict(), path)")
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     missing, unexpected = module.load_state_dict(state, strict=False)

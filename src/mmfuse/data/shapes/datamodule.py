@@ -4,7 +4,9 @@ Each split has ``num_<split>`` procedurally drawn scenes (see ``scene.py``). Eve
 pairs: with its true caption (label 1) and with one negative caption (label 0) whose type is drawn
 with probability proportional to ``negatives[type]`` (see ``negatives.py``). Scenes depend only on
 ``(seed, split, size)``; the negatives also on the weights. Rendered scenes are cached under
-``cache_dir`` (when set) so later runs and sweep jobs skip the drawing.
+``cache_dir`` (when set) so later runs and sweep jobs skip the drawing: a ``torch.save`` of plain
+lists, strings, floats and the image tensor, read with ``weights_only=True`` (a damaged file is drawn
+again; one holding other Python objects, which could run code, is refused with an MMFuseError).
 
 ``curriculum`` (optional) changes the *training* negative mix over the epochs, from easy to hard: a list
 of stages ``{epochs: N, negatives: {...}}`` applied in order, then ``negatives`` for the remaining
@@ -16,7 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 from collections.abc import Mapping, Sequence
+from dataclasses import astuple
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +30,13 @@ import torch
 from mmfuse.data.atomic import atomic_torch_save
 from mmfuse.data.pairs import PairDataset, TensorImages, unique_texts
 from mmfuse.data.shapes.negatives import NEGATIVE_TYPES, make_negative
-from mmfuse.data.shapes.scene import Caption, Scene, describe, draw, sample_scene
+from mmfuse.data.shapes.scene import Caption, Obj, Scene, describe, draw, sample_scene
 from mmfuse.datamodule import MMFuseDataModule
 from mmfuse.errors import MMFuseError
 from mmfuse.types import PAIR_TYPES
 
 GENERATOR_VERSION = 1
+CACHE_FORMAT = 2  # 2: scenes and captions as plain lists (1 pickled the dataclasses)
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 
 
@@ -87,6 +92,23 @@ def parse_curriculum(curriculum: Sequence[Mapping[str, Any]] | None) -> list[tup
     return stages
 
 
+def load_cached_split(path: Path) -> tuple[list[Scene], list[Caption], torch.Tensor] | None:
+    """A cache file written by ``_load_or_render``, or None when it is damaged (to be drawn again)."""
+    try:
+        cached = torch.load(path, weights_only=True)
+    except pickle.UnpicklingError:
+        raise MMFuseError(f"data.cache_dir: {path} holds Python objects other than tensors and plain "
+                          "containers, which could run code when loaded; it was not loaded. Fix: delete it "
+                          "(it is drawn again)") from None
+    except Exception:  # a damaged cache file is simply redrawn
+        return None
+    try:
+        scenes = [Scene(tuple(Obj(*o) for o in objects)) for objects in cached["scenes"]]  # type: ignore[arg-type]
+        return scenes, [Caption(*c) for c in cached["captions"]], cached["images"]
+    except (KeyError, TypeError):
+        return None
+
+
 class ShapesDataModule(MMFuseDataModule):
     def __init__(
         self,
@@ -121,16 +143,15 @@ class ShapesDataModule(MMFuseDataModule):
         args = (split, self.sizes[split], self.image_size, self.seed)
         if self.cache_dir is None:
             return render_split(*args)
-        key = hashlib.sha256(json.dumps([GENERATOR_VERSION, *args]).encode()).hexdigest()[:16]
+        key = hashlib.sha256(json.dumps([GENERATOR_VERSION, CACHE_FORMAT, *args]).encode()).hexdigest()[:16]
         path = self.cache_dir / f"{split}-{key}.pt"
         if path.exists():
-            try:
-                cached = torch.load(path, weights_only=False)
-                return cached["scenes"], cached["captions"], cached["images"]
-            except Exception:  # a damaged cache file is simply redrawn
-                pass
+            cached = load_cached_split(path)
+            if cached is not None:
+                return cached
         scenes, captions, images = render_split(*args)
-        atomic_torch_save({"scenes": scenes, "captions": captions, "images": images}, path)
+        atomic_torch_save({"scenes": [[astuple(o) for o in s.objects] for s in scenes],
+                           "captions": [astuple(c) for c in captions], "images": images}, path)
         return scenes, captions, images
 
     def stage_at(self, epoch: int) -> int:

@@ -1,4 +1,4 @@
-"""Checkpoints (issue 13): no code runs on load, checksums, disk full, truncated files."""
+"""Checkpoints (issue 13): no code runs on load, checksums, disk full, truncated files, frozen weights left out."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from mmfuse.checkpoint_file import load_checkpoint, load_initial_weights
-from mmfuse.checkpoint_io import CheckpointIO, read_checkpoint, save_checkpoint_file
+from mmfuse.checkpoint_io import CheckpointIO, read_checkpoint, run_disk_usage, save_checkpoint_file
 from mmfuse.data.shapes.datamodule import ShapesDataModule, render_split
 from mmfuse.encoders.tiny_cnn import TinyCNN
 from mmfuse.errors import MMFuseError
+from mmfuse.evaluate import evaluate
 from mmfuse.train import train
 
 TINY = ("debug=fast", "data.num_train=48", "data.num_val=32", "data.num_test=16", "data.batch_size=16")
@@ -280,3 +281,59 @@ def test_disk_full_during_training_fails_the_run_and_keeps_the_epoch_before(make
     assert sorted(os.listdir(run_dir / "checkpoints")) == ["best.ckpt", "best.ckpt.sha256.json", "last.ckpt",
                                                            "last.ckpt.sha256.json"]
 
+
+# --- 5. frozen pretrained encoders left out; what a run directory costs -------------------------
+
+def test_frozen_pretrained_encoders_can_be_left_out_of_checkpoints_and_are_put_back_checked(make_cfg, tmp_path):
+    from mmfuse.frozen_weights import _digest
+
+    weights = tmp_path / "tiny_cnn.pt"
+    torch.manual_seed(0)
+    source = TinyCNN(width=64, image_size=32).state_dict()
+    torch.save(source, weights)
+    args = (*TINY, f"encoder.image.pretrained={weights}", "encoder.image.freeze=true", "test=false",
+            "checkpoint_frozen_encoders=false")
+    cfg = make_cfg(*args)
+    run_dir = Path(cfg.paths.output_dir)
+    first = train(cfg)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    raw = torch.load(last, weights_only=True)
+    assert [k for k in raw["state_dict"] if k.startswith("model.image_encoder.")] == []
+    assert len([k for k in raw["state_dict"] if k.startswith("model.text_encoder.")]) > 0  # trained: kept
+    assert raw["mmfuse_frozen"] == {"image": {"source": str(weights), "keys": len(source), "float_dtype": "torch.float32",
+                                              "sha256": _digest(source, "torch.float32")}}
+
+    ckpt = load_checkpoint(str(last))  # eval.py and init_from: rebuilt from the source
+    assert "mmfuse_frozen" not in ckpt
+    for k, v in source.items():
+        assert torch.equal(ckpt["state_dict"][f"model.image_encoder.{k}"], v), k
+
+    evaluated = evaluate(make_cfg(f"ckpt_path={last}", subdir="eval", config_name="eval"))
+    assert evaluated["metrics"] == pytest.approx(first["metrics"], abs=1e-6)
+
+    mark_unfinished(run_dir)  # resume: put back from the run's own encoder (strict loading)
+    resumed = train(make_cfg(*args))
+    assert resumed["resumed_from"] == "checkpoints/last.ckpt" and resumed["metrics"] == first["metrics"]
+
+    torch.save({k: v + 1 if v.is_floating_point() else v for k, v in source.items()}, weights)
+    with pytest.raises(MMFuseError) as e:
+        load_checkpoint(str(last))
+    assert str(e.value) == (f"ckpt_path={last}: the frozen image encoder was left out of this checkpoint "
+                            f"(checkpoint_frozen_encoders=false) and its source encoder.image '{weights}' now gives "
+                            "other weights than the run was trained with (sha256 differs). Fix: restore the weights "
+                            "that source had then")
+
+
+def test_frozen_encoders_with_random_weights_stay_in_checkpoints(make_cfg):
+    cfg = make_cfg(*TINY, "encoder.image.freeze=true", "checkpoint_frozen_encoders=false", "test=false")
+    train(cfg)  # frozen but random (pretrained=false): cannot be rebuilt, so stored
+    raw = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
+    assert "mmfuse_frozen" not in raw and "model.image_encoder.position" in raw["state_dict"]
+
+
+def test_run_disk_usage_counts_checkpoints_and_the_rest(tmp_path):
+    for rel, size in (("checkpoints/last.ckpt", 10), ("checkpoints/last.ckpt.sha256.json", 5),
+                      ("results.json", 7), ("csv/metrics.csv", 3), (".hydra/config.yaml", 2)):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x" * size)
+    assert run_disk_usage(tmp_path) == {"checkpoints": 15, "other": 12}

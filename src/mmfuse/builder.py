@@ -62,7 +62,8 @@ def build_module(cfg: DictConfig, saved_config: dict[str, Any] | None = None) ->
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     lr_mult = OmegaConf.to_container(cfg.lr_mult) if cfg.get("lr_mult") else None
     module = MMFuseModule(model, task, optimizer=instantiate(cfg.optimizer), scheduler=scheduler,
-                          config=saved_config, lr_mult=lr_mult)
+                          config=saved_config, lr_mult=lr_mult,
+                          checkpoint_frozen_encoders=bool(cfg.get("checkpoint_frozen_encoders", True)))
     apply_speed_options(module, cfg.get("trainer") or {})
     return module
 

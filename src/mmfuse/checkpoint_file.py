@@ -5,7 +5,8 @@ the text encoder's vocabulary travels with them) and nothing else: the optimizer
 schedule, the epoch and step counters all start afresh. That is fine-tuning, or a later curriculum
 stage after an earlier run. Resuming an interrupted run is ``ckpt_path`` (see ``mmfuse.resume``).
 
-Both read the file with ``mmfuse.checkpoint_io.read_checkpoint`` (checksum verified, ``weights_only``).
+Both read the file with ``mmfuse.checkpoint_io.read_checkpoint`` (checksum verified, ``weights_only``)
+and put back frozen encoders left out of it (``mmfuse.frozen_weights``), rebuilt from their source.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch import nn
 
 from mmfuse.checkpoint_io import read_checkpoint
 from mmfuse.errors import MMFuseError
+from mmfuse.frozen_weights import put_back
 from mmfuse.module import CONFIG_KEY
 
 
@@ -34,6 +36,7 @@ def load_checkpoint(path_value: Any, field: str = "ckpt_path") -> dict[str, Any]
     if not isinstance(ckpt, dict) or CONFIG_KEY not in ckpt or "state_dict" not in ckpt:
         raise MMFuseError(f"{field}={path_value}: not an mmfuse checkpoint (it has no '{CONFIG_KEY}'); "
                           "give a checkpoint written by python train.py")
+    put_back(ckpt, f"{field}={path_value}")
     return ckpt
 
 

@@ -195,3 +195,17 @@ class CheckpointIO(TorchCheckpointIO):
         super().remove_checkpoint(path)
         checksum_path(path).unlink(missing_ok=True)
 
+
+def run_disk_usage(run_dir: str | Path) -> dict[str, int]:
+    """Bytes (file sizes) a run directory holds: ``checkpoints`` (``<run_dir>/checkpoints/``, checksum
+    files included) and ``other`` (the rest: logs, ``.hydra``, a feature cache placed inside it)."""
+    run_dir = Path(run_dir)
+    usage = {"checkpoints": 0, "other": 0}
+    for root, _, files in os.walk(run_dir):
+        part = "checkpoints" if Path(root).is_relative_to(run_dir / "checkpoints") else "other"
+        for name in files:
+            try:
+                usage[part] += os.lstat(Path(root) / name).st_size
+            except OSError:  # removed while walking
+                pass
+    return usage

@@ -10,6 +10,7 @@ import lightning as L
 import torch
 
 from mmfuse.errors import MMFuseError
+from mmfuse.frozen_weights import FROZEN_KEY, leave_out, put_back
 from mmfuse.model import FusionModel
 from mmfuse.tasks.base import Task
 
@@ -23,7 +24,8 @@ class MMFuseModule(L.LightningModule):
     ``scheduler(optimizer, total_steps=...)`` (stepped every optimizer step). ``lr_mult`` scales the
     learning rate of each part (``image_encoder``, ``text_encoder``, ``fusion``, ``head``). ``config`` is the run's
     resolved config; it is saved in every checkpoint under ``"mmfuse_config"`` so that the model can be
-    rebuilt from the checkpoint alone.
+    rebuilt from the checkpoint alone. ``checkpoint_frozen_encoders=False`` leaves frozen pretrained
+    encoders out of the checkpoints (``mmfuse.frozen_weights``; put back from the run's own on resume).
     """
 
     def __init__(
@@ -34,6 +36,7 @@ class MMFuseModule(L.LightningModule):
         scheduler: Callable[..., Any] | None = None,
         config: dict[str, Any] | None = None,
         lr_mult: dict[str, float] | None = None,
+        checkpoint_frozen_encoders: bool = True,
     ) -> None:
         super().__init__()
         self.model = model
@@ -42,6 +45,7 @@ class MMFuseModule(L.LightningModule):
         self.scheduler_factory = scheduler
         self.config = config or {}
         self.lr_mult = dict(lr_mult or {})
+        self.checkpoint_frozen_encoders = bool(checkpoint_frozen_encoders)
         self.last_validated_step = -1
         self._log_every_step = False
 
@@ -142,6 +146,19 @@ class MMFuseModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CONFIG_KEY] = self.config
+        if not self.checkpoint_frozen_encoders:
+            encoder_cfgs = (self.config.get("config") or {}).get("encoder") or {}
+            left_out = leave_out(checkpoint["state_dict"], self._encoders(),
+                                 {side: encoder_cfgs.get(side) or {} for side in ("image", "text")})
+            if left_out:
+                checkpoint[FROZEN_KEY] = left_out
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # resume: the run's own encoders, built from their source
+        put_back(checkpoint, f"ckpt_path={getattr(self._trainer, 'ckpt_path', None)}", self._encoders())
+
+    def _encoders(self) -> dict[str, torch.nn.Module]:
+        return {"image": self.model.image_encoder, "text": self.model.text_encoder}
 
 
 def _batch_size(batch: dict[str, Any]) -> int:

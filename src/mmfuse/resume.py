@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 # overrides that do not change what is trained: a run re-started with others of these still matches
 NOT_COMPARED = ("ckpt_path", "callbacks", "logger", "hydra", "data.num_workers", "data.pin_memory",
-                "trainer.enable_progress_bar")
+                "trainer.enable_progress_bar", "checkpoint_frozen_encoders")
 
 
 def compared_overrides(overrides: list[str]) -> list[str]:

@@ -1,4 +1,9 @@
-"""Write files so that a crash never leaves a half-written file under the final name."""
+"""Write files so that a crash never leaves a half-written file under the final name.
+
+The data goes to a temporary file beside the target, is flushed to disk and renamed over it. The file
+gets the mode any new file of this process gets, ``0o666 & ~umask`` (``0644`` for umask 022, ``0664``
+for 002: a sweep directory shared by a group stays writable for it), not ``mkstemp``'s ``0600``.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +13,20 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
+
+def new_file_mode() -> int:
+    """``0o666 & ~umask``: the mode ``open(path, "w")`` gives a new file."""
+    umask = os.umask(0)  # the only portable way to read it is to set it
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _replace_from_temp(path: Path, write: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if hasattr(os, "fchmod"):  # not on Windows, where files have no such mode
+            os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -26,6 +38,8 @@ def _replace_from_temp(path: Path, write: Any) -> None:
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    import torch
+
     _replace_from_temp(Path(path), lambda f: torch.save(obj, f))
 
 

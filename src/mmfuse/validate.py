@@ -1,14 +1,22 @@
-"""Checks of config values that would otherwise fail deep inside PyTorch with a long traceback."""
+"""Checks of config values that would otherwise fail deep inside PyTorch with a long traceback, or train
+something other than what was asked (a fusion of width 0 has no parameters; ``lr=nan`` trains nothing)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mmfuse.errors import MMFuseError
 
 _MISSING = object()
+
+# the widths and counts of every fusion (conf/fusion/*.yaml), each with an example value: positive integers
+FUSION_WIDTHS = {"dim": 256, "mm_dim": 128, "chunks": 8, "rank": 4, "heads": 4, "layers": 2, "self_layers": 1,
+                 "ff_mult": 2, "sketch_dim": 1024, "factor": 5, "order": 2, "hidden": 32, "image_tokens": 64}
+FUSION_WIDTHS_NULLABLE = ("image_tokens",)  # null: not used by the configured form
+FUSION_WIDTH_LISTS = ("hidden",)  # concat's hidden layers are a list of widths (tfn's hidden is one width)
 
 
 def _get(cfg: DictConfig, key: str) -> Any:
@@ -20,25 +28,69 @@ def _is_number(v: Any) -> bool:
 
 
 def require_number(cfg: DictConfig, key: str, example: str, minimum: float | None = None,
-                   integer: bool = False, optional: bool = False) -> None:
+                   maximum: float | None = None, integer: bool = False, optional: bool = False) -> None:
+    """``cfg.<key>`` is a finite number (an integer if ``integer``) in ``[minimum, maximum]``; absent, or
+    None when ``optional``, passes."""
     v = _get(cfg, key)
     if v is _MISSING or (optional and v is None):
         return
     kind = "an integer" if integer else "a number"
     if not _is_number(v) or (integer and not isinstance(v, int)):
         raise MMFuseError(f"{key}={v!r} is not {kind}: give {kind}, e.g. {key}={example}")
+    if not math.isfinite(v):
+        raise MMFuseError(f"{key}={v!r} is not a finite number: give one, e.g. {key}={example}")
     if minimum is not None and v < minimum:
         raise MMFuseError(f"{key}={v!r} must be >= {minimum}, e.g. {key}={example}")
+    if maximum is not None and v > maximum:
+        raise MMFuseError(f"{key}={v!r} must be <= {maximum}, e.g. {key}={example}")
+
+
+def validate_fusion(cfg: DictConfig) -> None:
+    """Every width / count key of ``cfg.fusion`` (``FUSION_WIDTHS``) is an integer >= 1; ``dropout`` is in [0, 1]."""
+    fusion = cfg.get("fusion")
+    if fusion is None:
+        return
+    for name, example in FUSION_WIDTHS.items():
+        key = f"fusion.{name}"
+        v = _get(cfg, key)
+        if name in FUSION_WIDTH_LISTS and isinstance(v, (list, ListConfig)):
+            for i, width in enumerate(v):
+                if not (isinstance(width, int) and not isinstance(width, bool) and width >= 1):
+                    raise MMFuseError(f"{key}={list(v)}: item {i} ({width!r}) is not a width >= 1, e.g. "
+                                      f"{key}=[{example}] (or [] for none)")
+            continue
+        require_number(cfg, key, str(example), minimum=1, integer=True, optional=name in FUSION_WIDTHS_NULLABLE)
+    require_number(cfg, "fusion.dropout", "0.1", minimum=0, maximum=1)
+
+
+def validate_length(cfg: DictConfig) -> None:
+    """``trainer.max_epochs`` / ``max_steps``: integers >= -1 (-1: Lightning's no limit), not both unlimited.
+
+    The learning-rate schedule is laid out over the run's length (``trainer.estimated_stepping_batches``),
+    which an endless run does not have.
+    """
+    require_number(cfg, "trainer.max_epochs", "10", minimum=-1, integer=True, optional=True)
+    require_number(cfg, "trainer.max_steps", "1000", minimum=-1, integer=True, optional=True)
+    epochs, steps = _get(cfg, "trainer.max_epochs"), _get(cfg, "trainer.max_steps")
+    if epochs == -1 and steps in (_MISSING, None, -1):
+        raise MMFuseError(
+            "trainer.max_epochs=-1 (Lightning's 'no limit') gives the run no end, and the learning-rate schedule "
+            "is laid out over its length. Fix: give a number of epochs, e.g. trainer.max_epochs=10, or of "
+            "optimizer steps, e.g. +trainer.max_steps=1000"
+        )
 
 
 def validate_train_config(cfg: DictConfig) -> None:
     require_number(cfg, "optimizer.lr", "1e-3", minimum=0)
     require_number(cfg, "optimizer.weight_decay", "0.01", minimum=0)
+    require_number(cfg, "scheduler.warmup_fraction", "0.05", minimum=0, maximum=1)
+    for part in (cfg.get("lr_mult") or {}):
+        require_number(cfg, f"lr_mult.{part}", "0.1", minimum=0)
     require_number(cfg, "data.batch_size", "128", minimum=1, integer=True)
     require_number(cfg, "data.num_workers", "2", minimum=0, integer=True)
-    require_number(cfg, "trainer.max_epochs", "10", minimum=-1, integer=True, optional=True)
-    require_number(cfg, "trainer.max_steps", "1000", minimum=-1, integer=True, optional=True)
+    validate_length(cfg)
     require_number(cfg, "seed", "42", integer=True, optional=True)
+    validate_fusion(cfg)
     if cfg.trainer.get("overfit_batches"):
         raise MMFuseError(
             f"trainer.overfit_batches={cfg.trainer.overfit_batches}: not supported (Lightning replaces the "

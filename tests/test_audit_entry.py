@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
-from conftest import CONF_DIR, FAST
+from conftest import CONF_DIR, FAST, ROOT
 from mmfuse.data.atomic import atomic_torch_save, atomic_write_json
 from mmfuse.errors import MMFuseError
 from mmfuse.train import train
@@ -65,3 +67,24 @@ def test_every_shipped_config_passes_validation(make_cfg, group):
 def test_no_epoch_limit_with_a_step_limit_trains_exactly_those_steps(make_cfg):
     results = train(make_cfg(*FAST, "trainer.max_epochs=-1", "+trainer.max_steps=3", "test=false"))
     assert (results["status"], results["steps"]) == ("completed", 3)
+
+
+# ---- start-up: no torch or Lightning before a run starts ------------------------------------------------
+
+def _imported(*args: str) -> tuple[subprocess.CompletedProcess, set[str]]:
+    proc = subprocess.run([sys.executable, "-X", "importtime", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+    modules = {ln.rsplit("|", 1)[1].strip() for ln in proc.stderr.splitlines() if ln.startswith("import time:")}
+    return proc, modules
+
+
+@pytest.mark.parametrize("args, code, says", [
+    (("train.py", "--help"), 0, "== Configuration groups =="),
+    (("eval.py", "--help"), 0, "== Configuration groups =="),
+    (("train.py", "fusion=atention"), 1, "Could not find 'fusion/atention'"),
+])
+def test_help_and_a_misspelt_option_import_neither_torch_nor_lightning(args, code, says):
+    proc, modules = _imported(*args)
+    assert proc.returncode == code and says in proc.stdout + proc.stderr, proc.stderr[-2000:]
+    assert "omegaconf" in modules  # the import log was read
+    assert not {m for m in modules if m.split(".")[0] in ("torch", "lightning", "transformers", "torchvision")}

@@ -75,3 +75,46 @@ def needs_shared(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"real test asset {path} is absent (../shared sits beside the clone in CI)")
     return path
+
+
+def assert_wall_time_is_the_runs(results: dict) -> None:
+    """``wall_time_s`` is the time from ``started_at`` to ``finished_at`` (ISO 8601 to the second: ±1 s)."""
+    from datetime import datetime
+
+    started, finished = (datetime.fromisoformat(results[k]) for k in ("started_at", "finished_at"))
+    elapsed = (finished - started).total_seconds()
+    assert elapsed - 1 <= results["wall_time_s"] <= elapsed + 1, (results["wall_time_s"], elapsed)
+
+
+def assert_itm_metrics_add_up(metrics: dict, pair_types: dict[str, int], split: str = "val") -> None:
+    """A split's ITM metrics agree with each other and with its pair counts ``{"positive": n, "<type>": m}``:
+    ``acc_<type> · count`` is a whole number of pairs, ``acc`` is those numbers over all pairs, and
+    ``f1 = 2TP / (2TP + FP + FN)`` from the same numbers (TP: positives accepted, TN: negatives rejected).
+    Two metrics that apply the decision rule differently, or a metric over other pairs, break it."""
+    correct = {}
+    for kind, count in pair_types.items():
+        hits = metrics[f"{split}/acc_{kind}"] * count
+        assert hits == pytest.approx(round(hits), abs=1e-3), (split, kind, metrics[f"{split}/acc_{kind}"], count)
+        correct[kind] = round(hits)
+    n, positives = sum(pair_types.values()), pair_types["positive"]
+    tp = correct["positive"]
+    tn = sum(v for kind, v in correct.items() if kind != "positive")
+    fp, fn = n - positives - tn, positives - tp
+    assert metrics[f"{split}/acc"] == pytest.approx((tp + tn) / n, abs=1e-6), split
+    assert metrics[f"{split}/f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn), abs=1e-6), split
+
+
+def assert_recalls_add_up(metrics: dict, images: int, texts: int, split: str = "val") -> None:
+    """Retrieval recalls of a split: each is a whole number of queries in percent (``images`` i2t queries,
+    ``texts`` t2i queries), R@1 <= R@5 <= R@10, R@K = 100 once K reaches the candidates (t2i: ``images``),
+    and rsum is the sum of the six."""
+    for direction, queries in (("i2t", images), ("t2i", texts)):
+        recalls = [metrics[f"{split}/{direction}_r{k}"] for k in (1, 5, 10)]
+        for r in recalls:
+            assert r * queries / 100 == pytest.approx(round(r * queries / 100), abs=1e-3), (direction, r, queries)
+        assert recalls == sorted(recalls), (direction, recalls)
+    for k in (1, 5, 10):
+        if k >= images:
+            assert metrics[f"{split}/t2i_r{k}"] == 100.0, k
+    six = [metrics[f"{split}/{d}_r{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10)]
+    assert metrics[f"{split}/rsum"] == pytest.approx(sum(six), abs=1e-4)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import run_cli
+from conftest import assert_itm_metrics_add_up, assert_wall_time_is_the_runs, run_cli
 
 TINY = ("debug=fast", "data.num_train=48", "data.num_val=32", "data.num_test=16", "data.batch_size=16")
 
@@ -33,9 +33,12 @@ def test_multirun_writes_one_complete_directory_per_job(tmp_path):
             assert (job / f).is_file(), job / f
         results = json.loads((job / "results.json").read_text())
         overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
-        assert results["status"] == "completed" and results["wall_time_s"] > 0
+        assert results["status"] == "completed" and results["steps"] == 6  # 96 pairs / 16
+        assert_wall_time_is_the_runs(results)
         assert results["overrides"] == overrides
-        assert results["metrics"]["val/acc"] >= 0
+        assert results["data"]["val"]["pairs"] == 64 and sum(results["data"]["val"]["pair_types"].values()) == 64
+        for split in ("val", "test"):
+            assert_itm_metrics_add_up(results["metrics"], results["data"][split]["pair_types"], split)
         combos.add((results["choices"]["fusion"], next(o for o in overrides if o.startswith("optimizer.lr"))))
     assert len(combos) == 8
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "multirun"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from omegaconf import open_dict
 
-from conftest import FAST
+from conftest import FAST, assert_itm_metrics_add_up, assert_wall_time_is_the_runs
 from mmfuse.evaluate import evaluate, merge_overrides
 from mmfuse.train import train
 
@@ -26,22 +26,33 @@ def test_short_run_improves_the_loss_and_writes_a_complete_run_dir(make_cfg):
     results = train(cfg)
     run_dir = Path(cfg.paths.output_dir)
     losses = [float(r["train/loss"]) for r in read_csv(run_dir) if r.get("train/loss")]
-    assert len(losses) >= 40
+    assert len(losses) == results["steps"] == 3 * 47  # 3000 pairs / 64 per step, logged every step
     first, last = sum(losses[:8]) / 8, sum(losses[-8:]) / 8
     assert last < first - 0.05, (first, last)
     assert results["metrics"]["val/loss"] < 0.68  # chance is ln 2 = 0.693
+    # chance is 0.5 for both; on the CPU at seed 42: acc 0.690 / 0.693, auroc 0.750 (1 / 2 threads)
+    assert results["metrics"]["val/acc"] > 0.6 and results["metrics"]["val/auroc"] > 0.7
     # run directory contract
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     on_disk = json.loads((run_dir / "results.json").read_text())
     assert on_disk["status"] == "completed" and on_disk["kind"] == "train"
     assert on_disk["overrides"] == list(SMALL)
     assert on_disk["choices"]["fusion"] == "mul" and on_disk["choices"]["encoder.image"] == "tiny_cnn"
-    assert on_disk["wall_time_s"] > 0 and on_disk["checkpoint"] == "checkpoints/last.ckpt"
-    for key in ("val/loss", "val/acc", "val/auroc", "val/f1", "val/acc_positive", "val/acc_color",
-                "val/acc_shape", "val/acc_other", "test/acc"):
-        assert 0 <= on_disk["metrics"][key] <= 1 or key.endswith("loss"), key
+    assert on_disk["checkpoint"] == "checkpoints/last.ckpt"
+    assert_wall_time_is_the_runs(on_disk)
+    assert sorted(on_disk["metrics"]) == sorted(f"{split}/{name}" for split in ("val", "test") for name in (
+        "loss", "acc", "auroc", "f1", "acc_positive", "acc_other", "acc_color", "acc_shape"))
+    # the exact values move with the thread count (3 epochs of float32 sums): their consistency does not
+    assert on_disk["data"]["val"]["pair_types"] == {"positive": 300, "other": 99, "color": 101, "shape": 100}
+    for split in ("val", "test"):
+        assert_itm_metrics_add_up(on_disk["metrics"], on_disk["data"][split]["pair_types"], split)
     assert on_disk["data"]["train"]["pairs"] == 3000
-    assert on_disk["params"]["trainable"] == on_disk["params"]["total"] > 0
+    params = on_disk["params"]
+    assert params["fusion"] == 2 * (64 * 256 + 256)  # mul: two 64 -> 256 projections
+    assert params["head"] == 256 * 256 + 256 + 256 + 1  # mlp: 256 -> 256 -> 1
+    assert (params["image_encoder"], params["text_encoder"]) == (61152, 330752)  # tiny_cnn, tiny_text
+    assert params["trainable"] == params["total"] == sum(params[k] for k in ("fusion", "head", "image_encoder",
+                                                                               "text_encoder")) == 491233
 
 
 def test_same_seed_same_metrics_other_seed_other_metrics(make_cfg):

@@ -15,7 +15,7 @@ import torch
 from hydra.utils import instantiate
 from torchvision.io import encode_jpeg
 
-from conftest import CONF_DIR, needs_shared
+from conftest import CONF_DIR, assert_recalls_add_up, needs_shared
 from mmfuse.builder import build_datamodule, build_module
 from mmfuse.data.coco import COCOCaptionsDataModule
 from mmfuse.data.flickr30k import Flickr30kDataModule
@@ -255,7 +255,8 @@ def test_an_image_that_fails_mid_epoch_drops_its_pairs_and_is_reported(tmp_path,
     results = train(cfg)
     assert results["status"] == "completed"
     assert results["data"]["train"]["failed_at_load"] == [str(store.paths[1])]
-    assert results["metrics"]["val/rsum"] >= 0
+    assert results["data"]["val"]["images"] == 4 and results["data"]["val"]["captions"] == 20
+    assert_recalls_add_up(results["metrics"], images=4, texts=20)  # t2i R@5 and R@10: 4 images, all found
     on_disk = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())
     assert on_disk["data"]["train"]["failed_at_load"] == [str(store.paths[1])]
     # verify_images=decode finds it before training instead

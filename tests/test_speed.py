@@ -4,14 +4,16 @@ device path equal the CPU decoder's output."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
 
-from conftest import FAST, needs_shared
+from conftest import FAST, assert_recalls_add_up, needs_shared
 from mmfuse.builder import SPEED_KEYS, apply_speed_options, build_module, build_trainer
 from mmfuse.data.images import ImageFiles
 from mmfuse.datamodule import MMFuseDataModule
@@ -47,7 +49,7 @@ def test_channels_last_applies_to_convolutional_image_encoders_only(make_cfg):
     cfg = make_cfg(*ON_CPU, "encoder.image=resnet18", "encoder.image.pretrained=false")
     model = build_module(cfg).model
     conv = model.image_encoder.body[0]
-    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and conv.weight.shape[-1] > 1
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and conv.weight.shape == (64, 3, 7, 7)
     assert model.image_memory_format is torch.channels_last
     seen = []
     model.image_encoder.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
@@ -63,9 +65,18 @@ def test_a_run_on_the_fast_path_trains_and_its_checkpoint_keeps_plain_keys(make_
     cfg = make_cfg(*FAST, *ON_CPU, "trainer.compile={backend:eager}", "encoder.image=resnet18",
                    "encoder.image.pretrained=false", "data.image_size=32", "test=false")
     results = train(cfg)
-    assert results["status"] == "completed" and 0.0 < results["metrics"]["val/loss"] < 5.0
+    assert results["status"] == "completed" and results["steps"] == 8  # 512 pairs / 64
+    assert math.isfinite(results["metrics"]["val/loss"])
     ckpt = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=False)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     plain = build_module(cfg)  # compiled too, but nn.Module.compile keeps the state dict keys
+    # the weights the run started from (same seed): training moved every parameter (none left out by compile),
+    # by a few percent in 8 steps (another initialisation would differ by ~140 %)
+    unchanged = [name for name, p in plain.named_parameters() if torch.equal(p.detach(), ckpt["state_dict"][name])]
+    assert not unchanged, unchanged
+    for name in ("model.fusion.proj_image.weight", "model.image_encoder.body.0.weight"):
+        start = dict(plain.named_parameters())[name].detach()
+        assert 0 < float((ckpt["state_dict"][name] - start).norm() / start.norm()) < 0.5, name
     assert plain.model.fusion._compiled_call_impl is not None
     assert set(ckpt["state_dict"]) == set(plain.state_dict()) and not any("_orig_mod" in k for k in ckpt["state_dict"])
     assert ckpt["state_dict"]["model.image_encoder.body.0.weight"].is_contiguous(memory_format=torch.channels_last)
@@ -85,7 +96,8 @@ def test_end_of_epoch_retrieval_scores_in_bf16_autocast(make_cfg, fusion):
     results = train(cfg)
     metrics = results["metrics"]
     assert results["status"] == "completed"
-    assert 0.0 <= metrics["val/i2t_r1"] <= metrics["val/i2t_r5"] <= 100.0 and metrics["val/rsum"] > 0.0
+    assert (results["data"]["val"]["images"], results["data"]["val"]["captions"]) == (12, 60)
+    assert_recalls_add_up(metrics, images=12, texts=60)
 
 
 def test_the_feature_cache_encodes_many_batches_in_bf16_autocast(make_cfg, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from pathlib import Path
@@ -49,8 +50,9 @@ def test_a_completed_run_is_skipped_an_unfinished_one_resumed_another_refused(ma
     assert resumed["status"] == "completed" and resumed["attempt"] == 2
     assert resumed["resumed_from"] == "checkpoints/last.ckpt" and resumed["steps"] == first["steps"]
     assert resumed["metrics"] == pytest.approx(first["metrics"], abs=1e-6)
-    kept = (run_dir / "csv" / "metrics.attempt1.csv").read_text()  # the first attempt's log, kept
-    assert "train/loss" in kept.splitlines()[0] and len(kept.splitlines()) > 6
+    with open(run_dir / "csv" / "metrics.attempt1.csv") as f:  # the first attempt's log, kept
+        kept = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in kept if r.get("train/loss")] == list(range(first["steps"])) == list(range(6))
 
     before = (run_dir / "results.json").read_bytes()
     with pytest.raises(MMFuseError, match=r"already holds a run with overrides .*fusion=concat.* but this job's are "

@@ -301,16 +301,17 @@ def use_job_log_handlers(console: bool) -> None:
 
     Lightning's loggers print on console handlers of their own (``lightning`` always; ``lightning.pytorch``
     and ``lightning.fabric`` when imported before logging was configured) and, besides, propagate to the
-    job's: each line twice. Their handlers are dropped. ``console=False`` (ranks other than 0, whose
-    stdout and stderr are their log file) also drops the job's console handlers, which would write each
-    line into that file a second time.
+    job's: each line twice. Those console handlers are dropped. ``console=False`` (ranks other than 0,
+    whose stdout and stderr are their log file) also drops the job's console handlers, which would write
+    each line into that file a second time.
     """
     import lightning.pytorch  # noqa: F401  (its import adds the handlers)
 
     for name in LIGHTNING_LOGGERS:
         logger = logging.getLogger(name)
         for handler in list(logger.handlers):
-            logger.removeHandler(handler)
+            if type(handler) is logging.StreamHandler:  # a console, not a file
+                logger.removeHandler(handler)
         logger.propagate = True
     if not console:
         root = logging.getLogger()

@@ -3,17 +3,260 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
+import signal
 import subprocess
 import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
+import lightning as L
 import pytest
+from hydra.errors import InstantiationException
 
-from conftest import CONF_DIR, FAST, ROOT
+from conftest import CONF_DIR, FAST, ROOT, run_cli
+from mmfuse.cli import run_entry
 from mmfuse.data.atomic import atomic_torch_save, atomic_write_json
-from mmfuse.errors import MMFuseError
+from mmfuse.errors import MMFuseError, RunInterrupted, user_error
+from mmfuse.interrupts import rerun_command
+from mmfuse.results import CorruptRecord, read_results
 from mmfuse.train import train
 from mmfuse.validate import validate_train_config
+
+TESTS = str(Path(__file__).resolve().parent)
+
+
+class SignalAt(L.Callback):
+    """Send ``signum`` to this process after optimizer step ``step`` (as ``kill`` or Ctrl-C would); with a
+    ``marker`` file, only once (the marker is created)."""
+
+    def __init__(self, signum: int, step: int, marker: str | None = None) -> None:
+        self.signum, self.step, self.marker = int(signum), int(step), marker and Path(marker)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step and not (self.marker and self.marker.exists()):
+            if self.marker:
+                self.marker.touch()
+            os.kill(os.getpid(), self.signum)
+            time.sleep(5)  # the handler raises here, as soon as the signal is delivered
+
+
+class PauseOnce(L.Callback):
+    """After optimizer step ``step``, create ``marker`` and wait (for a signal); not again once it exists."""
+
+    def __init__(self, step: int, marker: str) -> None:
+        self.step, self.marker = int(step), Path(marker)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step and not self.marker.exists():
+            self.marker.touch()
+            for _ in range(600):
+                time.sleep(0.5)
+
+
+# ---- signals ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_ends_the_run_interrupted_with_128_plus_its_number_and_the_resume_command(
+        make_cfg, monkeypatch, capsys, signum):
+    name = signal.Signals(signum).name
+    overrides = (*FAST, "+callbacks.sig._target_=test_audit_entry.SignalAt", f"+callbacks.sig.signum={int(signum)}",
+                 "+callbacks.sig.step=2")
+    cfg = make_cfg(*overrides)
+    run = Path(cfg.paths.output_dir)
+    monkeypatch.setattr(sys, "argv", ["train.py", *overrides])
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    with pytest.raises(SystemExit) as stopped:
+        run_entry(train, cfg)
+    assert stopped.value.code == 128 + signum  # 143 / 130
+    results = json.loads((run / "results.json").read_text())
+    assert (results["status"], results["error"], results["signal"]) == ("interrupted", f"RunInterrupted: {name}", name)
+    assert results["finished_at"] is not None and results["metrics"] == {}
+    assert capsys.readouterr().err.splitlines() == [
+        f"mmfuse: interrupted by {name}; {run}/results.json says interrupted (the run starts again: no checkpoint yet)",
+        f"mmfuse: resume with: python train.py {shlex.join(overrides)} hydra.run.dir={run}",
+    ]
+    assert {s: signal.getsignal(s) for s in handlers} == handlers  # restored
+
+
+def test_train_in_process_raises_run_interrupted(make_cfg):
+    cfg = make_cfg(*FAST, "+callbacks.sig._target_=test_audit_entry.SignalAt", f"+callbacks.sig.signum={int(signal.SIGTERM)}",
+                   "+callbacks.sig.step=1")
+    with pytest.raises(RunInterrupted) as stopped:
+        train(cfg)
+    assert (stopped.value.signal_name, stopped.value.exit_code) == ("SIGTERM", 143)
+
+
+def test_the_rerun_command_pins_the_run_or_sweep_directory_and_quotes_for_the_shell():
+    argv = ["train.py", "fusion=add", "hydra.run.dir=outputs/old", "+data.name=a b", "++hydra.sweep.dir=x"]
+    assert rerun_command("/runs/r 1", argv=argv) == \
+        "python train.py fusion=add '+data.name=a b' 'hydra.run.dir=/runs/r 1'"
+    sweep = ["/src/train.py", "-m", "fusion=add,mul", "hydra.sweep.dir=outputs/multirun/x"]
+    assert rerun_command("/s/1", sweep_dir="/s", argv=sweep) == "python /src/train.py -m fusion=add,mul hydra.sweep.dir=/s"
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 400) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended ({proc.returncode}) before {path}: {proc.communicate()[1][-3000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"no {path} after {timeout} s")
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signalled_cli_run_records_it_and_its_printed_command_resumes_it(tmp_path, signum):
+    """While it runs, ``results.json`` says so (exactly); a signal from outside ends it with 128 + signum and
+    the command that resumes it; that command resumes from the step checkpoint and completes the run."""
+    name = signal.Signals(signum).name
+    run, marker = tmp_path / "run", tmp_path / "paused"
+    overrides = [*FAST, "callbacks=resumable", "callbacks.step_checkpoint.every_n_train_steps=2",
+                 "+callbacks.pause._target_=test_audit_entry.PauseOnce", "+callbacks.pause.step=3",
+                 f"+callbacks.pause.marker={marker}"]
+    env = {**os.environ, "MMFUSE_OUTPUTS": str(tmp_path), "HYDRA_FULL_ERROR": "0",
+           "PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")])}
+    before = datetime.now(timezone.utc).replace(microsecond=0)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.run.dir={run}"], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(marker, proc)
+
+    running = json.loads((run / "results.json").read_text())
+    started = datetime.fromisoformat(running["started_at"])
+    assert started.tzinfo == timezone.utc and before <= started <= datetime.now(timezone.utc) + timedelta(seconds=1)
+    assert {k: running[k] for k in ("status", "kind", "finished_at", "wall_time_s", "metrics", "error", "run_dir",
+                                    "overrides", "attempt")} == {
+        "status": "running", "kind": "train", "finished_at": None, "wall_time_s": None, "metrics": {},
+        "error": None, "run_dir": str(run), "overrides": overrides, "attempt": 1}
+    assert "signal" not in running and "checkpoint" not in running
+
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, err[-3000:]
+    interrupted = json.loads((run / "results.json").read_text())
+    assert (interrupted["status"], interrupted["error"], interrupted["signal"]) == (
+        "interrupted", f"RunInterrupted: {name}", name)
+    lines = [ln for ln in err.splitlines() if ln.startswith("mmfuse:")]
+    command = f"python {ROOT / 'train.py'} {shlex.join(overrides)} hydra.run.dir={run}"
+    assert lines == [f"mmfuse: interrupted by {name}; {run}/results.json says interrupted (the run resumes from "
+                     "checkpoints/last.ckpt)", f"mmfuse: resume with: {command}"], err[-3000:]
+    assert "Traceback" not in err
+    assert (run / "train.log").read_text().endswith("\n".join(lines) + "\n")
+
+    argv = shlex.split(command)
+    resumed = subprocess.run([sys.executable, *argv[1:]], cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    final = json.loads((run / "results.json").read_text())
+    assert (final["status"], final["attempt"], final["resumed_from"], final["steps"], final["error"]) == (
+        "completed", 2, "checkpoints/last.ckpt", 8, None)
+
+
+@pytest.mark.slow
+def test_a_signal_stops_a_sweep_and_the_printed_command_resumes_it(tmp_path):
+    sweep = tmp_path / "sweep"
+    overrides = ["-m", "fusion=add,mul", *FAST, "test=false", "+callbacks.sig._target_=test_audit_entry.SignalAt",
+                 f"+callbacks.sig.signum={int(signal.SIGTERM)}", "+callbacks.sig.step=2",
+                 f"+callbacks.sig.marker={tmp_path / 'signalled'}"]
+    env = {"PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")])}
+    stopped = run_cli("train.py", *overrides, f"hydra.sweep.dir={sweep}", outputs=tmp_path, env=env)
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    command = f"python {ROOT / 'train.py'} {shlex.join(overrides)} hydra.sweep.dir={sweep}"
+    assert [ln for ln in stopped.stderr.splitlines() if ln.startswith("mmfuse:")] == [
+        "mmfuse: interrupted by SIGTERM: the sweep stops; job 0's results.json says interrupted (it starts again: "
+        "no checkpoint yet; completed jobs are skipped)", f"mmfuse: resume the sweep with: {command}"]
+    assert json.loads((sweep / "0" / "results.json").read_text())["status"] == "interrupted"
+    assert not (sweep / "1").exists()
+
+    resumed = run_cli(*shlex.split(command)[1:], outputs=tmp_path, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    jobs = [json.loads((sweep / j / "results.json").read_text()) for j in ("0", "1")]
+    assert [(r["status"], r["attempt"], r["choices"]["fusion"]) for r in jobs] == [("completed", 2, "add"),
+                                                                                  ("completed", 1, "mul")]
+
+
+# ---- user errors raised inside constructors -----------------------------------------------------------
+
+def test_user_error_finds_the_mmfuse_error_a_wrapper_was_raised_from():
+    inner = MMFuseError("data.root='/x': /x is not a folder. Fix: ...")
+    try:
+        try:
+            raise inner
+        except MMFuseError as e:
+            raise InstantiationException("Error in call to target 'X':\nMMFuseError(...)") from e
+    except InstantiationException as wrapped:
+        assert user_error(wrapped) is inner
+    try:
+        try:
+            raise inner
+        except MMFuseError:
+            raise RuntimeError("a bug in the handler") from None
+    except RuntimeError as other:
+        assert user_error(other) is None  # only a deliberate `raise ... from`, not "during handling of"
+    assert user_error(ValueError("x")) is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides, field", [
+    (("data=coco_captions", "data.root=/no/such/coco"), "data.root='/no/such/coco'"),
+    (("encoder.text=minilm", "encoder.text.name_or_path=/no/such/model"), "encoder.text.name_or_path='/no/such/model'"),
+])
+def test_a_user_error_in_a_constructor_is_one_line_with_exit_code_2(tmp_path, overrides, field):
+    run = tmp_path / "run"
+    proc = run_cli("train.py", *FAST, *overrides, f"hydra.run.dir={run}", outputs=tmp_path, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [ln for ln in proc.stderr.splitlines() if "error" in ln.lower()]
+    assert len(errors) == 1 and errors[0].startswith(f"mmfuse: error: {field}"), proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "Error executing job" not in proc.stderr
+    assert json.loads((run / "results.json").read_text())["error"] == "MMFuseError: " + errors[0][len("mmfuse: error: "):]
+
+
+# ---- a corrupt results.json in a reused run directory -------------------------------------------------
+
+def test_read_results_names_a_corrupt_file(tmp_path):
+    (tmp_path / "results.json").write_text('{"status": "running", "metr')
+    with pytest.raises(CorruptRecord) as bad:
+        read_results(tmp_path)
+    assert str(bad.value) == (f"{tmp_path}/results.json is not a valid run record (not JSON: Unterminated string "
+                              "starting at: line 1 column 23 (char 22))")
+    (tmp_path / "results.json").write_text("[1, 2]\n")
+    with pytest.raises(CorruptRecord, match=r"results.json is not a valid run record \(a JSON list, not an object\)$"):
+        read_results(tmp_path)
+
+
+def test_a_corrupt_results_json_is_an_error_with_the_fix_and_ckpt_path_last_resumes_keeping_it(make_cfg):
+    cfg = make_cfg(*FAST, "test=false")
+    run = Path(cfg.paths.output_dir)
+    damaged = b'{"status": "running", "attempt": 1, "ove'
+    (run / "results.json").write_bytes(damaged)
+    with pytest.raises(MMFuseError) as refused:  # no checkpoint: nothing to resume
+        train(cfg)
+    assert str(refused.value) == (
+        f"{run}/results.json is not a valid run record (not JSON: Unterminated string starting at: line 1 column 37 "
+        f"(char 36)), so this directory's run cannot be resumed or skipped. Fix: move it aside (mv {run}/results.json "
+        f"{run}/results.json.corrupt) to train this directory from the start, or use a new hydra.run.dir")
+    assert (run / "results.json").read_bytes() == damaged and sorted(p.name for p in run.iterdir()) == ["results.json"]
+
+    (run / "results.json").unlink()
+    first = train(cfg)
+    (run / "results.json").write_bytes(damaged)
+    with pytest.raises(MMFuseError, match=r"Fix: add ckpt_path=last to resume from .*/checkpoints/last.ckpt \(the file "
+                                          r"is then kept as results.json.corrupt-<time>\), or use a new hydra.run.dir$"):
+        train(cfg)
+    assert (run / "results.json").read_bytes() == damaged
+
+    again = train(make_cfg(*FAST, "test=false", "ckpt_path=last"))
+    kept = sorted(run.glob("results.json.corrupt-*"))
+    assert len(kept) == 1 and kept[0].read_bytes() == damaged
+    assert (again["status"], again["attempt"], again["resumed_from"]) == ("completed", 2, "checkpoints/last.ckpt")
+    assert again["metrics"] == first["metrics"]  # resumed after its only epoch: nothing left to train
+    assert (run / "csv" / "metrics.attempt1.csv").is_file()
+
 
 # ---- file modes ---------------------------------------------------------------------------------------
 
@@ -88,3 +331,19 @@ def test_help_and_a_misspelt_option_import_neither_torch_nor_lightning(args, cod
     assert proc.returncode == code and says in proc.stdout + proc.stderr, proc.stderr[-2000:]
     assert "omegaconf" in modules  # the import log was read
     assert not {m for m in modules if m.split(".")[0] in ("torch", "lightning", "transformers", "torchvision")}
+
+
+# ---- train.log ------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_train_log_holds_what_the_run_printed_and_logged(tmp_path):
+    run = tmp_path / "run"
+    proc = run_cli("train.py", *FAST, f"hydra.run.dir={run}", outputs=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = (run / "train.log").read_text()
+    assert log == proc.stdout  # every log line (mmfuse, Lightning) and every printed line, once, in order
+    results = json.loads((run / "results.json").read_text())
+    assert f"[mmfuse] train completed in {results['wall_time_s']:.1f} s\n" in log
+    assert f"  val/acc            {results['metrics']['val/acc']:.4f}\n" in log
+    assert "[lightning.pytorch.utilities.rank_zero][INFO] - `Trainer.fit` stopped: `max_epochs=1` reached.\n" in log
+    assert "Trainer.fit" not in proc.stderr  # not printed a second time by Lightning's own handler

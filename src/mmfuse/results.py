@@ -1,9 +1,10 @@
 """``results.json``: the record of one run that every tool reads (compare, resume, sweeps).
 
-Fields: ``status`` (running | completed | failed), ``kind`` (train | eval), ``metrics`` (final
-``val/...`` and ``test/...``), ``overrides`` (the command-line overrides of this job), ``choices``
+Fields: ``status`` (running | completed | failed | interrupted), ``kind`` (train | eval), ``metrics``
+(final ``val/...`` and ``test/...``), ``overrides`` (the command-line overrides of this job), ``choices``
 (the config group options), ``wall_time_s``, ``started_at`` / ``finished_at`` (UTC ISO 8601),
-``run_dir``, ``checkpoint`` / ``best_checkpoint``, ``seed``, ``params``, ``data``, ``error``, ``versions``.
+``run_dir``, ``checkpoint`` / ``best_checkpoint``, ``seed``, ``params``, ``data``, ``error``, ``signal``
+(of an interrupted run: ``SIGINT`` | ``SIGTERM``), ``versions``.
 The file is rewritten atomically, so a reader never sees half of it.
 """
 
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from mmfuse.data.atomic import atomic_write_json
+from mmfuse.errors import MMFuseError, user_error
+from mmfuse.interrupts import interruption
 
 FILENAME = "results.json"
 
@@ -50,17 +53,56 @@ class RunRecord:
         atomic_write_json(self.data, self.path)
 
 
+def failure_fields(exc: BaseException) -> dict[str, Any]:
+    """How ``exc`` ended a run, as arguments of ``RunRecord.finish``: ``status: interrupted`` with the
+    ``signal``, else ``status: failed``; ``error`` is ``"<type>: <message>"``, for a user error that Hydra's
+    ``instantiate`` wrapped the ``MMFuseError`` itself."""
+    stop = interruption(exc)
+    if stop is not None:
+        return {"status": "interrupted", "error": f"{type(stop).__name__}: {stop}", "signal": stop.signal_name}
+    shown = (user_error(exc) if isinstance(exc, Exception) else None) or exc
+    return {"status": "failed", "error": f"{type(shown).__name__}: {shown}"}
+
+
+class CorruptRecord(MMFuseError):
+    """A ``results.json`` that is not a JSON object (cut off, edited by hand, another file)."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"{path} is not a valid run record ({problem})")
+        self.path = path
+
+    def move_aside(self) -> Path:
+        """Rename the file to ``results.json.corrupt-<UTC time>`` beside it (kept, not deleted); return that."""
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        kept = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        self.path.replace(kept)
+        return kept
+
+
 def read_results(run_dir: str | Path) -> dict[str, Any] | None:
+    """The run record in ``run_dir``, None if there is none. Raises ``CorruptRecord`` for a file that is
+    not a JSON object."""
     path = Path(run_dir) / FILENAME
     if not path.is_file():
         return None
-    return json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorruptRecord(path, f"not JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise CorruptRecord(path, f"a JSON {type(data).__name__}, not an object")
+    return data
 
 
 def mark_failed(run_dir: str | Path, error: str, wall_time_s: float | None = None) -> dict[str, Any]:
     """Record from outside the run (its process died) that it failed: ``status: failed`` with ``error``,
-    keeping every other field of its ``results.json`` (or starting one)."""
-    data = read_results(run_dir) or {"run_dir": str(Path(run_dir).resolve()), "metrics": {}}
+    keeping every other field of its ``results.json`` (or starting one; a corrupt one is moved aside)."""
+    try:
+        data = read_results(run_dir)
+    except CorruptRecord as e:
+        e.move_aside()
+        data = None
+    data = data or {"run_dir": str(Path(run_dir).resolve()), "metrics": {}}
     data.update(status="failed", error=error, finished_at=utc_now())
     if wall_time_s is not None:
         data["wall_time_s"] = round(wall_time_s, 3)

@@ -14,11 +14,13 @@ from omegaconf import DictConfig
 
 from mmfuse.builder import build_datamodule, build_module, build_trainer
 from mmfuse.checkpoint_file import load_initial_weights
+from mmfuse.errors import MMFuseError
+from mmfuse.interrupts import interrupt_on_signals
 from mmfuse.loggers import finish_loggers, log_run_config
 from mmfuse.module import MMFuseModule
 from mmfuse.report import count_parameters, print_summary
-from mmfuse.results import RunRecord
-from mmfuse.resume import checkpoint_to_resume, previous_run, report_skipped
+from mmfuse.results import FILENAME, CorruptRecord, RunRecord, failure_fields
+from mmfuse.resume import checkpoint_to_resume, keep_metrics_csv, previous_run, report_skipped
 from mmfuse.runinfo import (
     checkpoint_payload,
     group_choices,
@@ -68,9 +70,15 @@ def setup_objects_frozen() -> Iterator[None]:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train, evaluate, write ``results.json`` (rank 0). A reused run directory is skipped when its run
-    completed, resumed when not (see ``mmfuse.resume``)."""
+    completed, resumed when not (see ``mmfuse.resume``). SIGINT / SIGTERM stop the run as ``interrupted``
+    (``RunInterrupted``, see ``mmfuse.interrupts``)."""
+    with interrupt_on_signals():
+        return _train(cfg)
+
+
+def _train(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.paths.output_dir)
-    previous = previous_run(run_dir, task_overrides())  # raises, touching nothing, if the dir holds another run
+    previous = _previous_run(cfg, run_dir)  # raises, touching nothing, if the dir holds another run
     if previous is not None and previous.get("status") == "completed":
         return report_skipped(run_dir, previous) if is_global_zero() else previous
     record = RunRecord(run_dir, kind="train", overrides=task_overrides(), choices=group_choices(),
@@ -98,10 +106,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics = final_metrics(trainer, module, datamodule, run_test=bool(cfg.get("test", True)),
                                 last_checkpoint=last)
     except BaseException as e:
-        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        ended = failure_fields(e)
         if record is not None:
-            record.finish(status, error=f"{type(e).__name__}: {e}")
-        finish_loggers(trainer, status)
+            record.finish(**ended)
+        finish_loggers(trainer, ended["status"])
         raise
     if record is None:
         return {"status": "completed", "metrics": metrics}
@@ -122,6 +130,28 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     finish_loggers(trainer, "completed", results)
     print_summary(results)
     return results
+
+
+def _previous_run(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
+    """``previous_run``; for a corrupt ``results.json``, an error with the fix, unless ``ckpt_path`` names an
+    existing checkpoint to go on from: then the file is moved aside (kept) and the earlier CSV metrics too."""
+    try:
+        return previous_run(run_dir, task_overrides())
+    except CorruptRecord as e:
+        ckpt, last = cfg.get("ckpt_path"), run_dir / "checkpoints" / "last.ckpt"
+        given = None if ckpt in (None, "") else last if ckpt == "last" else Path(str(ckpt)).expanduser()
+        if given is None or not given.is_file():
+            fix = (f"add ckpt_path=last to resume from {last} (the file is then kept as {FILENAME}.corrupt-<time>)"
+                   if last.is_file() else f"move it aside (mv {e.path} {e.path}.corrupt) to train this directory "
+                   "from the start")
+            raise MMFuseError(f"{e}, so this directory's run cannot be resumed or skipped. Fix: {fix}, or use a new "
+                              "hydra.run.dir") from None
+        attempt = 1 + len(list(run_dir.glob("*/metrics.attempt*.csv")))
+        if is_global_zero():
+            kept = e.move_aside()
+            log.warning("%s: kept as %s; this run goes on from ckpt_path=%s", e, kept.name, ckpt)
+            keep_metrics_csv(run_dir, attempt)
+        return {"status": "unknown", "attempt": attempt}
 
 
 def _relative(path: str | None, root: Path) -> str | None:

@@ -19,6 +19,7 @@ from mmfuse.compare import compare
 from mmfuse.compare.runs import collect
 from mmfuse.data.samplers import ResumableLoader, TrainBatches, TrainOrder
 from mmfuse.distributed import RankPlan, run_ranks
+from mmfuse.errors import MMFuseError
 from mmfuse.evaluate import carried_section, evaluate
 from mmfuse.tasks.gallery import Gallery
 from mmfuse.train import train
@@ -112,6 +113,28 @@ def test_a_gallery_no_process_updated_is_not_computed_under_ddp(tmp_path):
     finally:
         torch.distributed.destroy_process_group()
     assert [str(w.message) for w in caught if "before the ``update``" in str(w.message)] == []
+
+
+def test_the_supervisor_refuses_another_runs_directory_and_leaves_an_unreadable_record_to_the_ranks(make_cfg,
+                                                                                                   monkeypatch):
+    cfg = make_cfg("trainer=ddp_cpu", *TINY)
+    run_dir = Path(cfg.paths.output_dir)
+
+    class Started(Exception):
+        pass
+
+    def popen(*args, **kwargs):
+        raise Started
+
+    monkeypatch.setattr(distributed.subprocess, "Popen", popen)
+    other = {"status": "completed", "kind": "train", "overrides": ["fusion=add"], "metrics": {}}
+    (run_dir / "results.json").write_text(json.dumps(other))
+    with pytest.raises(MMFuseError, match=r"already holds a run with overrides \['fusion=add'\]"):
+        run_ranks(train, cfg, RankPlan(processes=2))
+    assert json.loads((run_dir / "results.json").read_text()) == other
+    (run_dir / "results.json").write_text('{"status": "compl')  # cut off: the ranks' train() names the fix
+    with pytest.raises(Started):
+        run_ranks(train, cfg, RankPlan(processes=2))
 
 
 # -- mid-epoch resume with two ranks -------------------------------------------------------------------------

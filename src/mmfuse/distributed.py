@@ -145,15 +145,12 @@ def run_ranks(fn: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig, plan:
     """
     from hydra.core.hydra_config import HydraConfig
 
-    from mmfuse.runinfo import task_overrides
-
     run_dir = Path(cfg.paths.output_dir)
-    if cfg.get("job_name", "train") == "train":
-        from mmfuse.resume import previous_run, report_skipped
+    completed = completed_job(cfg, run_dir)
+    if completed is not None:
+        from mmfuse.resume import report_skipped
 
-        previous = previous_run(run_dir, task_overrides())  # raises, touching nothing, if the dir holds another run
-        if previous is not None and previous.get("status") == "completed":
-            return report_skipped(run_dir, previous)
+        return report_skipped(run_dir, completed)
     hydra_cfg = HydraConfig.instance().cfg
     payload = pickle.dumps({"fn": _function_path(fn), "task": cfg, "hydra": hydra_cfg})
     world, port = plan.processes, free_port()
@@ -207,6 +204,27 @@ def run_ranks(fn: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig, plan:
         results = mark_failed(run_dir, error + (f" (rank 0 then: {recorded})" if recorded else ""),
                               wall_time_s=time.perf_counter() - t0)
     raise RankFailed(results["error"])
+
+
+def completed_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
+    """The ``results.json`` of this training job when its directory already holds it, completed (a re-run
+    sweep: skipped before any rank starts, as ``train`` skips it in one process); None to run the job.
+
+    Raises ``MMFuseError``, starting nothing, when the directory holds another run. A record that cannot
+    be read is left to the ranks' ``train``, which says what to do about it.
+    """
+    if cfg.get("job_name", "train") != "train":
+        return None
+    from mmfuse.resume import previous_run
+    from mmfuse.runinfo import task_overrides
+
+    try:
+        if read_results(run_dir) is None:
+            return None
+    except (MMFuseError, ValueError):  # not JSON, or not a record
+        return None
+    previous = previous_run(run_dir, task_overrides())
+    return previous if previous.get("status") == "completed" else None
 
 
 def record_job_time(run_dir: Path, results: dict[str, Any], started_at: str, wall_time_s: float) -> dict[str, Any]:

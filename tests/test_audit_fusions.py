@@ -1,9 +1,11 @@
 """Fusions against the implementations they cite (issue 13), recomputed by hand from the parameters.
 
 - the cited variants as options: ``mutan input_activation=identity`` (block.bootstrap / MMF ``Mutan``),
-  ``nl_gate form=multibench`` (MultiBench ``NLgate``), ``concat hidden=[..] output_activation=false``
-  (MMF ``concat_mlp``), ``mul activation=relu`` (MMF ``mlb``), each next to its default formula;
-- ``mcb`` in float64 (``.double()`` and a float64 default dtype);
+  ``nl_gate form=multibench`` (MultiBench ``NLgate``'s formula per token), ``concat hidden=[..]
+  output_activation=false`` (MMF ``concat_mlp``), ``mul activation=relu`` (MMF ``mlb``), each next to
+  its default formula, and built and trained one step from the overrides the README's table gives;
+- bad option values: one line naming the field, the expected type and an example;
+- ``mcb`` in float64 (``.double()`` and a float64 default dtype), exact to 1e-12;
 - reference computations that a planted bug fails: TFN with its real activations, ``co_attention``
   (both streams of a layer from the previous layer) and ``mult`` (keys and values from ``X⁰`` / ``Y⁰``),
   with the attention blocks written out from their weights (no module of mmfuse called).
@@ -12,11 +14,13 @@
 from __future__ import annotations
 
 import math
+import shlex
 
 import pytest
 import torch
 import torch.nn.functional as F
 from test_fusions import DX, DY, N_IMG, B, build, fusion_class, inputs, options, pad
+from test_readme_guide import section, ticked
 
 from mmfuse.errors import MMFuseError
 from mmfuse.types import EncoderOutput
@@ -75,6 +79,24 @@ def test_concat_with_hidden_layers_is_mmf_concat_mlp():
     assert torch.allclose(with_act(image, text), torch.relu(linear(f.proj, h)), atol=1e-6)
 
 
+@pytest.mark.parametrize("output_activation", [False, True])
+def test_concat_dropout_follows_each_hidden_layer_and_the_output_only_with_its_activation(output_activation):
+    """Train mode, ``dropout=0.5``: ``h_i = drop(relu(W_i h_{i−1}))``; then ``z = W h_2`` (MMF's MLP: no
+    dropout after the last layer) or ``z = drop(relu(W h_2))``. The same dropout masks are drawn by
+    seeding the generator the same before the module and before the reference."""
+    f = build("concat", dim=4, hidden=[7, 5], output_activation=output_activation, dropout=0.5).train()
+    image, text = inputs()
+    torch.manual_seed(11)
+    out = f(image, text)
+    torch.manual_seed(11)
+    h = torch.cat([image.pooled, text.pooled], 1)
+    for layer in f.hidden:
+        h = F.dropout(torch.relu(linear(layer, h)), 0.5, training=True)
+    z = linear(f.proj, h)
+    expected = F.dropout(torch.relu(z), 0.5, training=True) if output_activation else z
+    assert torch.allclose(out, expected, atol=1e-6)
+
+
 def test_nl_gate_default_is_the_scaled_gate_mean_pooled():
     """``form=gate``: ``z = mean_n a_n ⊙ Σ_s softmax_s(q_n·k_s / √d) v_s``, ``a = W_x x``, ``q = W_q a``."""
     f = build("nl_gate", dim=4)
@@ -85,9 +107,11 @@ def test_nl_gate_default_is_the_scaled_gate_mean_pooled():
     assert torch.allclose(f(image, text), masked_mean(a * (w @ v), image.mask), atol=ATOL)
 
 
-def multibench_nlgate(f, image: EncoderOutput, text: EncoderOutput) -> torch.Tensor:
-    """MultiBench ``NLgate.forward`` with ``qin = W_q X``, ``kin = (W_k Y)ᵀ``, ``vin = W_v Y`` (masked keys
-    added, since MultiBench has no masks): ``flatten(qin + softmax(qin @ kin) @ vin)``."""
+def per_token_nlgate(f, image: EncoderOutput, text: EncoderOutput) -> torch.Tensor:
+    """MultiBench ``NLgate.forward``'s formula ``flatten(qin + softmax(qin @ kin) @ vin)`` with per-token
+    projections ``qin = W_q X``, ``kin = (W_k Y)ᵀ``, ``vin = W_v Y`` (masked keys added, since MultiBench
+    has no masks). MultiBench's module itself projects the whole input vector and reshapes the result,
+    and takes ``kin`` as that reshape without a transpose: not these numbers."""
     qin = linear(f.query, image.tokens)
     kin = linear(f.key, text.tokens).transpose(1, 2)
     vin = linear(f.value, text.tokens)
@@ -95,19 +119,28 @@ def multibench_nlgate(f, image: EncoderOutput, text: EncoderOutput) -> torch.Ten
     return torch.flatten(qin + torch.matmul(torch.softmax(scores, dim=2), vin), 1)
 
 
-def test_nl_gate_multibench_form_is_multibench_nlgate():
+def test_nl_gate_multibench_form_is_the_per_token_nlgate():
     f = build("nl_gate", dim=4, form="multibench", image_tokens=N_IMG)
     assert f.out_dim == N_IMG * 4
     assert sum(p.numel() for p in f.parameters()) == (DX + 1) * 4 + 2 * (DY + 1) * 4
     image, text = inputs()
-    expected = multibench_nlgate(f, image, text)
+    expected = per_token_nlgate(f, image, text)
     assert torch.allclose(f(image, text), expected, atol=ATOL)
-    # padded image positions (mask False) give zeros, also when there are fewer tokens than N
-    short = EncoderOutput(image.pooled, image.tokens[:, :4], image.mask[:, :4])
-    out = f(short, text).view(B, N_IMG, 4)
-    assert torch.allclose(out[:, :4], expected.view(B, N_IMG, 4)[:, :4], atol=ATOL)
-    assert torch.equal(out[:, 4:], torch.zeros(B, 2, 4))
     assert torch.allclose(f(pad(image, 3), text), expected, atol=ATOL)
+
+
+def test_nl_gate_multibench_form_gives_zeros_at_padded_image_positions_below_n():
+    """``mask`` False at positions 1 and 3 of row 0 and 0 of row 2 (junk of size 100 there): those slots
+    of ``z`` are zeros, every other slot is the per-token formula's."""
+    f = build("nl_gate", dim=4, form="multibench", image_tokens=N_IMG)
+    image, text = inputs()
+    mask = image.mask.clone()
+    mask[0, [1, 3]] = mask[2, 0] = False
+    tokens = torch.where(mask.unsqueeze(-1), image.tokens, 100 * torch.randn(image.tokens.shape))
+    out = f(EncoderOutput(image.pooled, tokens, mask), text).view(B, N_IMG, 4)
+    expected = per_token_nlgate(f, EncoderOutput(image.pooled, tokens, mask), text).view(B, N_IMG, 4)
+    assert torch.equal(out[~mask], torch.zeros(3, 4))
+    assert torch.allclose(out[mask], expected[mask], atol=ATOL)
 
 
 def test_nl_gate_multibench_form_needs_the_image_token_count():
@@ -121,9 +154,52 @@ def test_nl_gate_multibench_form_needs_the_image_token_count():
         f(*inputs())
 
 
-def test_concat_hidden_width_must_be_positive():
-    with pytest.raises(MMFuseError, match=r"^fusion.hidden\[1\]=0 for concat: must be a positive integer"):
-        fusion_class("concat")(DX, DY, dim=4, hidden=[3, 0])
+def test_nl_gate_multibench_form_refuses_fewer_image_tokens_than_n():
+    """Four tokens for ``image_tokens=6``: an error, not two slots of zeros."""
+    f = build("nl_gate", dim=4, form="multibench", image_tokens=N_IMG)
+    image, text = inputs()
+    short = EncoderOutput(image.pooled, image.tokens[:, :4], image.mask[:, :4])
+    with pytest.raises(MMFuseError) as err:
+        f(short, text)
+    assert str(err.value) == (f"fusion.image_tokens={N_IMG} (nl_gate form=multibench) but the image encoder "
+                              "gives 4 tokens: set fusion.image_tokens=4")
+
+
+BAD_VALUES = [
+    ("concat", {"hidden": 500},
+     "fusion.hidden=500 for concat: must be a list of widths (positive integers), "
+     "e.g. 'fusion.hidden=[500,500]' (or [] for none)"),
+    ("concat", {"hidden": "500"},
+     "fusion.hidden='500' for concat: must be a list of widths (positive integers), "
+     "e.g. 'fusion.hidden=[500,500]' (or [] for none)"),
+    ("concat", {"hidden": [3, 0]},
+     "fusion.hidden[1]=0 for concat: must be a positive integer, e.g. fusion.hidden[1]=64"),
+    ("concat", {"hidden": [2.5]},
+     "fusion.hidden[0]=2.5 for concat: must be a positive integer, e.g. fusion.hidden[0]=64"),
+    ("nl_gate", {"form": "multibench", "image_tokens": 2.5},
+     "fusion.image_tokens=2.5 for nl_gate form=multibench: must be a positive integer, e.g. fusion.image_tokens=64"),
+    ("nl_gate", {"form": "multibench", "image_tokens": True},
+     "fusion.image_tokens=True for nl_gate form=multibench: must be a positive integer, e.g. fusion.image_tokens=64"),
+    ("nl_gate", {"image_tokens": 64},
+     "fusion.image_tokens=64 is read only by nl_gate form=multibench (form=gate mean-pools the tokens): "
+     "remove it (fusion.image_tokens=null) or set fusion.form=multibench"),
+    ("mutan", {"rank": 2.0}, "fusion.rank=2.0 for mutan: must be a positive integer, e.g. fusion.rank=4"),
+    ("mul", {"dim": 0}, "fusion.dim=0 for MulFusion: must be a positive integer, e.g. fusion.dim=256"),
+    ("mutan", {"input_activation": "sigmoid"},
+     "fusion.input_activation='sigmoid': expected one of ['gelu', 'identity', 'relu', 'tanh'], "
+     "e.g. fusion.input_activation=relu"),
+    ("mul", {"activation": "sigmoid"},
+     "fusion.activation='sigmoid': expected one of ['gelu', 'identity', 'relu', 'tanh'], e.g. fusion.activation=relu"),
+]
+
+
+@pytest.mark.parametrize(("name", "override", "message"), BAD_VALUES,
+                         ids=[f"{n}-{'-'.join(map(str, o.values()))}" for n, o, _ in BAD_VALUES])
+def test_bad_option_values_are_one_line_naming_the_field_the_type_and_an_example(name, override, message):
+    """No bare ``TypeError``, no ``int(2.5) = 2``, no option silently ignored."""
+    with pytest.raises(MMFuseError) as err:
+        fusion_class(name)(DX, DY, **{**options(name), **override})
+    assert str(err.value) == message
 
 
 OPTIONS = [
@@ -165,7 +241,7 @@ def mcb_reference(f, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     hy, sy = f.sketch_text.abs().argmax(1), f.sketch_text.sum(1).to(x.dtype)
     outer = torch.einsum("bi,bj->bij", x * sx, y * sy)
     c = torch.zeros(x.shape[0], d, dtype=x.dtype).index_add_(1, ((hx[:, None] + hy[None]) % d).flatten(), outer.flatten(1))
-    c = c.sign() * c.abs().sqrt()
+    c = c.sign() * (c.abs() + 1e-8).sqrt()   # signed_sqrt_l2's eps
     return linear(f.out, c / c.norm(dim=-1, keepdim=True))
 
 
@@ -178,7 +254,7 @@ def test_mcb_runs_in_float64_after_double():
     image, text = float64_inputs()
     out = f(image, text)
     assert out.dtype == torch.float64
-    assert torch.allclose(out, mcb_reference(f, image.pooled, text.pooled), atol=1e-12)
+    assert torch.allclose(out, mcb_reference(f, image.pooled, text.pooled), rtol=0, atol=1e-12)
 
 
 def test_mcb_runs_with_a_float64_default_dtype():
@@ -189,7 +265,7 @@ def test_mcb_runs_with_a_float64_default_dtype():
         image, text = float64_inputs()
         out = f(image, text)
         assert f.sketch_image.dtype == f.out.weight.dtype == out.dtype == torch.float64
-        assert torch.allclose(out, mcb_reference(f, image.pooled, text.pooled), atol=1e-12)
+        assert torch.allclose(out, mcb_reference(f, image.pooled, text.pooled), rtol=0, atol=1e-12)
     finally:
         torch.set_default_dtype(before)
 
@@ -299,29 +375,61 @@ def test_mult_keys_and_values_always_come_from_the_sources_first_layer(layers):
         assert torch.allclose(f(image, text), expected, atol=ATOL)
 
 
-README_OVERRIDES = {
-    "mul": (("fusion.activation=relu",), lambda f: isinstance(f.act, torch.nn.ReLU)),
-    "concat": (("fusion.hidden=[500,500]", "fusion.output_activation=false"),
-               lambda f: [m.out_features for m in f.hidden] == [500, 500] and not f.output_activation),
-    "mutan": (("fusion.input_activation=identity",), lambda f: isinstance(f.input_act, torch.nn.Identity)),
-    "nl_gate": (("fusion.form=multibench", "fusion.image_tokens=64"),
-                lambda f: f.form == "multibench" and f.out_dim == 64 * 64),
+def readme_overrides() -> dict[str, list[str]]:
+    """``{fusion: [fusion.X=..., ...]}``: the overrides in the formula cells of README's "### Fusions"
+    table (each code span with ``fusion.`` split as a shell would; ``N`` = 64, tiny_cnn's tokens at 32 px)."""
+    found = {}
+    for line in section("### Fusions").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| `") and len(cells) == 6:
+            words = [w for span in ticked(cells[3]) if "fusion." in span for w in shlex.split(span)]
+            if words:
+                found[cells[0].strip("`")] = [w.replace("=N", "=64") for w in words if w.startswith("fusion.")]
+    return found
+
+
+BUILT_AS_SAID = {
+    "mul": lambda f: isinstance(f.act, torch.nn.ReLU),
+    "concat": lambda f: [m.out_features for m in f.hidden] == [500, 500] and not f.output_activation,
+    "mutan": lambda f: isinstance(f.input_act, torch.nn.Identity),
+    "nl_gate": lambda f: f.form == "multibench" and f.out_dim == 64 * 64,
 }
+# the key bias adds q_n·b_k to every score of query n, which the softmax over s cancels: its gradient is
+# zero up to rounding (~1e-7), too small to move a float32 weight of ~0.1 at lr 0.1
+SHIFT_INVARIANT = {"nl_gate": {"key.bias"}}
 
 
-@pytest.mark.parametrize("name", sorted(README_OVERRIDES))
+def test_the_readme_table_gives_these_overrides():
+    assert readme_overrides() == {
+        "mul": ["fusion.activation=relu"],
+        "concat": ["fusion.hidden=[500,500]", "fusion.output_activation=false"],
+        "mutan": ["fusion.input_activation=identity"],
+        "nl_gate": ["fusion.form=multibench", "fusion.image_tokens=64"],
+    }
+
+
+@pytest.mark.parametrize("name", sorted(BUILT_AS_SAID))
 def test_the_readme_overrides_build_and_train_one_step(make_cfg, name):
-    """The overrides the README's fusion table gives, through the real config and the default encoders
-    (tiny_cnn at 32 px: 64 image tokens)."""
+    """The overrides read from README's fusion table, through the real config and the default encoders
+    (tiny_cnn at 32 px: 64 image tokens): the loss of a batch is finite, and one backward pass and SGD
+    step change every trainable parameter of the fusion (but ``SHIFT_INVARIANT``'s)."""
     from mmfuse.builder import build_module
 
-    overrides, built_as_said = README_OVERRIDES[name]
-    module = build_module(make_cfg(f"fusion={name}", *overrides))
-    assert built_as_said(module.model.fusion)
+    torch.manual_seed(0)
+    module = build_module(make_cfg(f"fusion={name}", *readme_overrides()[name]))
+    fusion = module.model.fusion
+    assert BUILT_AS_SAID[name](fusion)
     text = ["a red circle to the left of a blue square", "a green cross"]
     module.model.text_encoder.tokenizer.fit(text)
     images = module.model.image_encoder.transform(torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8))
     assert module.model.image_encoder(images).tokens.shape[1] == 64
     batch = {"image": images, **module.model.text_encoder.tokenizer(text), "label": torch.tensor([1.0, 0.0])}
+    before = {n: p.detach().clone() for n, p in fusion.named_parameters()
+              if p.requires_grad and n not in SHIFT_INVARIANT.get(name, ())}
+    optimizer = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=0.1)
     loss, outputs = module.task.step(module.model, batch)
     assert outputs["logits"].shape == (2,) and torch.isfinite(loss)
+    loss.backward()
+    optimizer.step()
+    unchanged = [n for n, p in fusion.named_parameters() if n in before and torch.equal(p.detach(), before[n])]
+    assert before and unchanged == []

@@ -29,9 +29,11 @@ from mmfuse.types import EncoderOutput, LateOutput
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "identity": nn.Identity}
 
 
-def make_activation(name: str) -> nn.Module:
+def make_activation(name: str, field: str = "activation") -> nn.Module:
+    """The activation ``name`` of ``ACTIVATIONS``; ``field`` is the config key the error names."""
     if name not in ACTIVATIONS:
-        raise MMFuseError(f"fusion.activation={name!r}: expected one of {sorted(ACTIVATIONS)}")
+        raise MMFuseError(f"fusion.{field}={name!r}: expected one of {sorted(ACTIVATIONS)}, "
+                          f"e.g. fusion.{field}=relu")
     return ACTIVATIONS[name]()
 
 
@@ -40,10 +42,25 @@ def linear_params(d_in: int, d_out: int) -> int:
     return (d_in + 1) * d_out
 
 
-def require_positive(owner: str, **values: int) -> None:
+# an example value of each width / count, for the error messages (``fusion.<name>=<example>``)
+EXAMPLES = {"dim": 256, "mm_dim": 128, "chunks": 8, "rank": 4, "layers": 2, "ff_mult": 2, "sketch_dim": 1024,
+            "factor": 5, "order": 2, "hidden": 32, "image_tokens": 64}
+
+
+def is_positive_int(value: object) -> bool:
+    """An ``int`` >= 1 (not a bool, not a float such as ``2.5`` or ``2.0``)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def require_positive(owner: str, **values: object) -> None:
+    """Each ``values[name]`` is a positive ``int``; else one line naming ``fusion.<name>`` and an example.
+
+    No ``int(value)``: it would turn ``2.5`` into ``2`` and build a model other than the one asked for.
+    """
     for name, value in values.items():
-        if int(value) < 1:
-            raise MMFuseError(f"fusion.{name}={value} for {owner}: must be a positive integer")
+        if not is_positive_int(value):
+            example = f"fusion.{name}={EXAMPLES.get(name, 64)}"
+            raise MMFuseError(f"fusion.{name}={value!r} for {owner}: must be a positive integer, e.g. {example}")
 
 
 class Fusion(nn.Module):

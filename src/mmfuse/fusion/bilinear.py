@@ -110,7 +110,7 @@ class MutanFusion(Fusion):
         self.out_dim, self.mm_dim, self.rank = dim, mm_dim, rank
         self.proj_image = nn.Linear(image_dim, mm_dim)
         self.proj_text = nn.Linear(text_dim, mm_dim)
-        self.input_act = make_activation(input_activation)
+        self.input_act = make_activation(input_activation, "input_activation")
         self.merge_image = nn.Linear(mm_dim, mm_dim * rank)
         self.merge_text = nn.Linear(mm_dim, mm_dim * rank)
         self.out = nn.Linear(mm_dim, dim)

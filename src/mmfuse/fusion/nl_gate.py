@@ -2,9 +2,10 @@
 MultiBench ``NLgate``): each image token is gated by what it retrieves from the text.
 
 Two forms. ``form=gate`` (the default) is mmfuse's own variant: the retrieved text multiplies the
-image token, with scaled dot products, and the tokens are mean-pooled. ``form=multibench`` is
-MultiBench's ``NLgate``: the retrieved text is added to the query, with plain dot products, and the
-tokens are flattened, so its width depends on the number of image tokens.
+image token, with scaled dot products, and the tokens are mean-pooled. ``form=multibench`` is the
+per-token form of MultiBench's ``NLgate`` formula: the retrieved text is added to the query, with plain
+dot products, and the tokens are flattened, so its width depends on the number of image tokens. It is
+not MultiBench's module number for number: see ``NLGateFusion``.
 """
 
 from __future__ import annotations
@@ -35,10 +36,14 @@ class NLGateFusion(Fusion):
     ``z = mean_n (a_n ⊙ g_n)`` over the real image tokens, ``z ∈ R^d``.
     Parameters: ``(Dx + 1) d + (d + 1) d + 2 (Dy + 1) d``.
 
-    ``form=multibench`` (MultiBench ``NLgate`` with its three linear layers): ``q_n = W_q x_n``,
-    ``k_s = W_k y_s``, ``v_s = W_v y_s``; ``g_n = Σ_s softmax_s(q_n·k_s) v_s`` (no ``√d``);
+    ``form=multibench`` (the formula of MultiBench ``NLgate`` with its three linear layers, per token):
+    ``q_n = W_q x_n``, ``k_s = W_k y_s``, ``v_s = W_v y_s``; ``g_n = Σ_s softmax_s(q_n·k_s) v_s`` (no ``√d``);
     ``z = [q_1 + g_1; …; q_N + g_N] ∈ R^{N d}`` with ``N = image_tokens`` (padded image positions give
-    zeros). MultiBench reshapes the projected keys to ``[d, S]`` without a transpose; here ``k_s`` is the
+    zeros). MultiBench's module differs in two ways, so its numbers are not these: (1) its ``qli`` /
+    ``kli`` / ``vli`` map the whole input vector and reshape the result into the token matrix (its test
+    ``NLgate(24, 30, 10, None, (10, 300), (10, 300))`` turns a 10-d text vector into a 30 x 10 key
+    matrix), where ``W_q`` / ``W_k`` / ``W_v`` here map each token ``x_n`` / ``y_s`` on its own; (2) it
+    views the keys as ``[c, tf]`` and multiplies ``q @ k`` without a transpose, where here ``k_s`` is the
     projection of token ``s``, as the paper's non-local block has it.
     Parameters: ``(Dx + 1) d + 2 (Dy + 1) d``.
     """
@@ -57,10 +62,14 @@ class NLGateFusion(Fusion):
             if image_tokens is None:
                 raise MMFuseError("fusion.image_tokens is unset (nl_gate form=multibench flattens the image "
                                   "tokens): set it to the image encoder's token count, e.g. 64 for tiny_cnn at 32 px")
-            require_positive("nl_gate", image_tokens=image_tokens)
-            self.image_tokens = int(image_tokens)
+            require_positive("nl_gate form=multibench", image_tokens=image_tokens)
+            self.image_tokens = image_tokens
             self.out_dim = self.image_tokens * dim
         else:
+            if image_tokens is not None:
+                raise MMFuseError(f"fusion.image_tokens={image_tokens!r} is read only by nl_gate form=multibench "
+                                  f"(form={form} mean-pools the tokens): remove it (fusion.image_tokens=null) "
+                                  "or set fusion.form=multibench")
             self.out_dim = dim
             self.proj_image = nn.Linear(image_dim, dim)
         self.dim = dim
@@ -88,6 +97,9 @@ class NLGateFusion(Fusion):
                    text_mask: torch.Tensor) -> torch.Tensor:
         tokens, mask = image.tokens, image.mask
         n = self.image_tokens
+        if tokens.shape[1] < n:
+            raise MMFuseError(f"fusion.image_tokens={n} (nl_gate form=multibench) but the image encoder gives "
+                              f"{tokens.shape[1]} tokens: set fusion.image_tokens={tokens.shape[1]}")
         if tokens.shape[1] > n:
             if mask[:, n:].any():
                 raise MMFuseError(f"fusion.image_tokens={n} (nl_gate form=multibench) but the image encoder gives "
@@ -95,5 +107,4 @@ class NLGateFusion(Fusion):
             tokens, mask = tokens[:, :n], mask[:, :n]
         q = self.query(tokens)
         h = torch.where(mask.unsqueeze(-1), q + attend(q, k, v, text_mask, 1.0), torch.zeros((), dtype=q.dtype, device=q.device))
-        h = torch.nn.functional.pad(h, (0, 0, 0, n - h.shape[1]))  # fewer tokens than N: zeros at the end
         return self.dropout(h.flatten(1))

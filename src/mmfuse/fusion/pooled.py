@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from mmfuse.errors import MMFuseError
 from mmfuse.fusion.base import Fusion, linear_params, make_activation, require_positive
 from mmfuse.types import EncoderOutput
 
@@ -23,6 +24,7 @@ class _ProjectedPair(Fusion):
     def __init__(self, image_dim: int, text_dim: int, dim: int = 256, activation: str = "relu",
                  dropout: float = 0.0) -> None:
         super().__init__(image_dim, text_dim)
+        require_positive(type(self).__name__, dim=dim)
         self.out_dim = dim
         self.proj_image = nn.Linear(image_dim, dim)
         self.proj_text = nn.Linear(text_dim, dim)
@@ -59,7 +61,8 @@ class MulFusion(_ProjectedPair):
 
     ``σ = activation``: ``tanh`` by default, as in the MLB paper; MMF's and block.bootstrap's ``mlb``
     default to ``relu`` (``activ_input="relu"``), which ``activation=relu`` gives. Their output layer
-    ``relu(W_o z)`` is not part of this fusion (the task head comes after it).
+    ``relu(W_o z)`` is not part of this fusion: in mmfuse it is the task head, whose ``mlp`` kind
+    (the default) starts with ``ReLU(Linear(z))``.
     Parameters: ``(Dx + 1) dim + (Dy + 1) dim``.
     """
 
@@ -77,9 +80,10 @@ class ConcatFusion(Fusion):
     """Concatenation + MLP (MMF ``concat_mlp``).
 
     ``h_0 = [x; y]``, ``h_i = drop(σ(W_i h_{i−1} + b_i))`` for the widths ``hidden = (h_1..h_n)``, then
-    ``z = drop(σ(W h_n + b))`` (``output_activation=true``) or ``z = drop(W h_n + b)`` (``false``),
-    ``z ∈ R^dim``. The default ``hidden=[]`` is one layer, ``z = σ(W [x; y] + b)``; MMF's ``concat_mlp``
-    is ``hidden=[500, 500], output_activation=false`` (ReLU between its layers, none after the last).
+    ``z = drop(σ(W h_n + b))`` (``output_activation=true``) or ``z = W h_n + b`` (``false``: neither
+    ``σ`` nor dropout after the last layer, as MMF's MLP), ``z ∈ R^dim``. The default ``hidden=[]`` is
+    one layer, ``z = drop(σ(W [x; y] + b))``; MMF's ``concat_mlp`` is ``hidden=[500, 500],
+    output_activation=false`` (ReLU and dropout between its layers, nothing after the last).
     Parameters: ``Σ_i (h_{i−1} + 1) h_i + (h_n + 1) dim`` with ``h_0 = Dx + Dy``.
     """
 
@@ -88,7 +92,10 @@ class ConcatFusion(Fusion):
     def __init__(self, image_dim: int, text_dim: int, dim: int = 256, activation: str = "relu",
                  dropout: float = 0.0, hidden: Sequence[int] = (), output_activation: bool = True) -> None:
         super().__init__(image_dim, text_dim)
-        widths = [int(h) for h in hidden]
+        if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
+            raise MMFuseError(f"fusion.hidden={hidden!r} for concat: must be a list of widths (positive integers), "
+                              "e.g. 'fusion.hidden=[500,500]' (or [] for none)")
+        widths = list(hidden)
         require_positive("concat", dim=dim, **{f"hidden[{i}]": h for i, h in enumerate(widths)})
         self.out_dim = dim
         ins = [image_dim + text_dim, *widths]
@@ -108,7 +115,7 @@ class ConcatFusion(Fusion):
         for layer in self.hidden:
             h = self.dropout(self.act(layer(h)))
         z = self.proj(h)
-        return self.dropout(self.act(z) if self.output_activation else z)
+        return self.dropout(self.act(z)) if self.output_activation else z
 
 
 class AttentionFusion(Fusion):
@@ -122,6 +129,7 @@ class AttentionFusion(Fusion):
 
     def __init__(self, image_dim: int, text_dim: int, dim: int = 256, dropout: float = 0.0) -> None:
         super().__init__(image_dim, text_dim)
+        require_positive(type(self).__name__, dim=dim)
         self.out_dim = dim
         self.score = nn.Linear(image_dim + text_dim, 2)
         self.proj_image = nn.Linear(image_dim, dim)
@@ -152,6 +160,7 @@ class GatedFusion(Fusion):
 
     def __init__(self, image_dim: int, text_dim: int, dim: int = 256, dropout: float = 0.0) -> None:
         super().__init__(image_dim, text_dim)
+        require_positive(type(self).__name__, dim=dim)
         self.out_dim = dim
         self.proj_image = nn.Linear(image_dim, dim)
         self.proj_text = nn.Linear(text_dim, dim)
@@ -181,6 +190,7 @@ class FiLMFusion(Fusion):
     def __init__(self, image_dim: int, text_dim: int, dim: int = 256, activation: str = "relu",
                  dropout: float = 0.0) -> None:
         super().__init__(image_dim, text_dim)
+        require_positive(type(self).__name__, dim=dim)
         self.out_dim = dim
         self.proj_image = nn.Linear(image_dim, dim)
         self.gamma = nn.Linear(text_dim, dim)

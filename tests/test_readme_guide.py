@@ -140,18 +140,45 @@ def test_the_guides_fusion_trains_through_the_cli_exactly_as_written(tmp_path):
     assert results["steps"] == 8  # debug=fast: 256 images, a positive and a negative pair each, batches of 64
 
 
-def numbers(text: str) -> list[str]:
-    """The figures of ``text``: ``8.6x``, ``1.21-1.27x``, ``2,044``, ``1.1 GB`` -> ``8.6``, ``1.21-1.27``, ..."""
-    return [n.rstrip(".,") for n in re.findall(r"\d[\d,.]*(?:-\d[\d,.]*)?", text)]
+NUMBER = re.compile(r"\d+(?:[.,]\d+)*(?:-\d+(?:[.,]\d+)*)?")  # 8.6, 2,044, 1.21-1.27; not a trailing '.' or ','
+
+
+def numbers(text: str) -> set[str]:
+    """The figures of ``text``, each a whole token: ``8.6x``, ``1.21-1.27x``, ``2,044``, ``1.1 GB`` ->
+    ``8.6``, ``1.21-1.27``, ``2,044``, ``1.1`` (``0.98`` holds no ``0.9``)."""
+    return set(NUMBER.findall(text))
+
+
+def unrecorded(summary: str, recorded: str) -> list[str]:
+    """The figures of ``summary`` that are not figures of ``recorded``."""
+    return sorted(numbers(summary) - numbers(recorded))
+
+
+def speed_summary() -> str:
+    return section("## Speed").split("\n### ", 1)[0]
+
+
+BENCHMARKS = ROOT / "experiments" / "benchmarks" / "README.md"
+
+
+def test_the_number_tokenizer_keeps_each_figure_whole():
+    assert numbers("8.6x, 1.21-1.27x faster; 2,044 steps. 1.1 GB at 0.98.") == {"8.6", "1.21-1.27", "2,044", "1.1", "0.98"}
+    assert unrecorded("0.9x", "0.98x") == ["0.9"]
 
 
 def test_readmes_speed_summary_quotes_only_figures_the_benchmarks_record():
-    summary = section("## Speed").split("\n### ", 1)[0]
-    recorded = (ROOT / "experiments" / "benchmarks" / "README.md").read_text()
-    figures = numbers(summary)
-    assert {"8.6", "0.98", "1.21-1.27", "715", "778", "2,044", "1.09", "710", "300-380"} <= set(figures)
-    assert [n for n in figures if n not in recorded] == []
+    summary, recorded = speed_summary(), BENCHMARKS.read_text()
+    assert {"8.6", "0.98", "1.21-1.27", "715", "778", "2,044", "1.09", "710", "300-380"} <= numbers(summary)
+    assert unrecorded(summary, recorded) == []
     assert "(experiments/benchmarks/README.md)" in summary
+
+
+@pytest.mark.parametrize(("figure", "planted"), [("0.98", "0.9"), ("1.21-1.27", "1.21-1.2"), ("2,044", "2,04")])
+def test_a_wrong_figure_planted_in_the_speed_summary_is_caught(figure, planted):
+    """A copy of the summary with one figure cut short: the substring check this replaced passed these."""
+    summary, recorded = speed_summary(), BENCHMARKS.read_text()
+    assert figure in numbers(summary) and planted in recorded
+    assert unrecorded(summary.replace(figure, planted, 1), recorded) == [planted]
 
 
 def anchor(heading: str) -> str:

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from mmfuse.errors import MMFuseError
 from mmfuse.tasks.itm import ITMTask
 from mmfuse.tasks.metrics import auroc
 from mmfuse.tasks.recall import matrix_rows, recall_at_k, rerank_rows
@@ -257,10 +258,23 @@ def test_vqa_task_reports_the_official_accuracy_not_the_min3_training_target():
     batch = {"features": torch.tensor([[0.0, 5.0, 0.0], [0.0, 0.0, 5.0]]),
              "answer_ids": torch.tensor([[1, 0, -1], [2, 0, -1]]),
              "answer_scores": torch.tensor([[1.0, 1.0, 0.0], [1 / 3, 1.0, 0.0]]),
-             "answer_accuracy": torch.tensor([[0.9, 1.0, 0.0], [0.3, 1.0, 0.0]])}
+             "answer_accuracy_ids": torch.tensor([[1, 0], [2, 0]]),
+             "answer_accuracy": torch.tensor([[0.9, 1.0], [0.3, 1.0]])}
     loss, out = task.step(Features(), batch)
     task.update("val", out, batch)
     assert float(task.compute("val")["val/vqa_acc"]) == pytest.approx(0.6, abs=1e-7)
     target = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 1 / 3]])
     expected = torch.nn.functional.binary_cross_entropy_with_logits(batch["features"], target, reduction="none")
     assert float(loss.detach()) == pytest.approx(float(expected.sum(1).mean()), abs=1e-6)
+
+
+def test_vqa_task_without_official_accuracies_in_the_batch_is_an_error_not_the_targets():
+    task = VQATask(3, "mid", num_answers=3, head="linear")
+    batch = {"features": torch.eye(3)[:2], "answer_ids": torch.tensor([[1, -1], [2, -1]]),
+             "answer_scores": torch.tensor([[1.0, 0.0], [1.0, 0.0]])}
+    with pytest.raises(MMFuseError) as err:
+        task.step(Features(), batch)
+    assert str(err.value) == (
+        "task=vqa: the batch has no 'answer_accuracy_ids' / 'answer_accuracy' (each answer's official accuracy, "
+        "which val/vqa_acc reports; the training targets are not it); Fix: use data=vqa_v2, or give these "
+        "fields in a data module of your own")

@@ -13,18 +13,29 @@ an annotation (or whose id the two files write as a string and as an integer), a
 ``image_file`` pattern cannot format (a string for ``{image_id:012d}``) or a formatted path outside
 ``root`` (``mmfuse.data.validation.image_path``).
 
-Answers are normalised (lower case, no trailing period, number words as digits, no articles: a subset
-of the official normalisation). The vocabulary is the ``num_answers`` most frequent answers over all
-human answers of the train split (ties alphabetical). The target of answer ``a`` given by ``n`` of
-the 10 annotators: ``soft_score=min3`` -> ``min(n / 3, 1)``; ``soft_score=official`` -> the mean of
-``min(n' / 3, 1)`` over the 10 leave-one-annotator-out subsets (0.3, 0.6, 0.9, 1 for n = 1, 2, 3, 4+),
-which is what the official evaluation averages. Batches carry ``answer_ids`` / ``answer_scores``
-``[B, 10]`` (padded with -1 / 0); the VQA task turns them into dense ``[B, num_answers]`` targets.
+Vocabulary: the ``num_answers`` most frequent official prediction forms
+(``mmfuse.tasks.vqa_answers.normalize_answer``: ``dont`` -> ``don't``, ``t-shirt`` -> ``t shirt``,
+``yes!`` -> ``yes``, ``two`` -> ``2``) over all human answers of the train split (ties alphabetical).
+The vocabulary holds forms only, so each entry is one distinct answer to the evaluation, and its
+entry is what the model predicts.
+
+Training target of entry ``a`` that ``n`` of the question's ``N`` human answers normalise to:
+``soft_score=min3`` -> ``min(n / 3, 1)``; ``soft_score=official`` -> the leave-one-out mean
+(``leave_one_out_accuracy``: 0.3, 0.6, 0.9, 1 for n = 1, 2, 3, 4+ of 10). Batches carry them as
+``answer_ids`` / ``answer_scores`` ``[B, W]`` (W = max(10, most answers of a question in the split);
+padded with -1 / 0).
+
+Accuracy: the official evaluation compares the prediction's form with the human answers as given (only
+their punctuation processed, and only when they differ), not with their normalised forms, so it can
+differ from the target (``two`` x 6 + ``2`` x 2 + ``three`` x 2: target of ``2`` from n = 8, accuracy
+0.6 from the two ``2``). Each question's official accuracy of every vocabulary entry that scores above 0
+(``vqa_answers.answer_accuracies`` of its raw answers) is in the batch, sparse:
+``answer_accuracy_ids`` / ``answer_accuracy`` ``[B, W']`` (W' = most non-zero entries of a question in
+the split, at least 1; padded with -1 / 0). ``task=vqa`` reports ``vqa_acc`` from it.
 """
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -42,28 +53,30 @@ from mmfuse.data.validation import (
     require_keys,
 )
 from mmfuse.errors import MMFuseError
+from mmfuse.tasks.vqa_answers import (
+    answer_accuracies,
+    leave_one_out_accuracy,
+    normalize_answer,
+    prediction_forms,
+)
 
 SOFT_SCORES = ("min3", "official")
-MAX_ANSWERS = 10
-_NUMBERS = {w: str(i) for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten".split())}
-_ARTICLES = {"a", "an", "the"}
-_SPACES = re.compile(r"\s+")
-
-
-def normalize_answer(answer: str) -> str:
-    words = _SPACES.sub(" ", answer.lower().strip().rstrip(".")).split(" ")
-    words = [_NUMBERS.get(w, w) for w in words if w not in _ARTICLES]
-    return " ".join(words)
+MAX_ANSWERS = 10  # the least width of answer_ids / answer_scores (VQA v2 has 10 human answers a question)
 
 
 def soft_score(n: int, kind: str = "min3", annotators: int = MAX_ANSWERS) -> float:
-    """The target / accuracy of an answer that ``n`` of ``annotators`` gave (see module docstring)."""
+    """The training target of an answer that ``n`` of ``annotators`` gave (see module docstring)."""
     if kind == "min3":
         return min(n / 3.0, 1.0)
-    with_it = n * min((n - 1) / 3.0, 1.0)  # leaving out one of the n who gave it
-    without = (annotators - n) * min(n / 3.0, 1.0)
-    return (with_it + without) / annotators
+    return leave_one_out_accuracy(n, annotators)
+
+
+def padded(rows: list[list], width: int, fill: float, dtype: torch.dtype) -> torch.Tensor:
+    """``[len(rows), width]``: each row's values, then ``fill``; every row must fit (nothing is cut)."""
+    out = torch.full((len(rows), width), fill, dtype=dtype)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = torch.tensor(row, dtype=dtype)
+    return out
 
 
 class VQAv2DataModule(CaptionDataModule):
@@ -88,6 +101,7 @@ class VQAv2DataModule(CaptionDataModule):
         self.num_answers = int(num_answers)
         self.soft_score = soft_score
         self._vocab: list[str] | None = None
+        self._forms: dict[str, list[int]] | None = None
         self._answer_stats: dict[str, dict[str, int]] = {}
 
     def _load(self, name: str) -> tuple[Path, list, Path, dict[Any, Any], BadRecords]:
@@ -110,18 +124,18 @@ class VQAv2DataModule(CaptionDataModule):
                         f"annotations[{n}]")
                 continue
             first_at[ann["question_id"]] = n
-            answers[ann["question_id"]] = [normalize_answer(str(a.get("answer", ""))) for a in ann["answers"]
-                                           if isinstance(a, dict)]
+            answers[ann["question_id"]] = [str(a.get("answer", "")) for a in ann["answers"] if isinstance(a, dict)]
         return qpath, qdata["questions"], apath, answers, bad
 
     def vocabulary(self) -> list[str]:
-        """The ``num_answers`` most frequent train answers (ties alphabetical)."""
+        """The ``num_answers`` most frequent prediction forms of the train answers (ties alphabetical)."""
         if self._vocab is None:
             if not self.questions.get("train"):
                 raise MMFuseError("data=vqa_v2 needs a train split (data.questions.train) for its answer vocabulary")
             _, _, _, answers, _ = self._load("train")
-            counts = Counter(a for given in answers.values() for a in given if a)
+            counts = Counter(f for given in answers.values() for f in map(normalize_answer, given) if f)
             self._vocab = sorted(counts, key=lambda a: (-counts[a], a))[: self.num_answers]
+            self._forms = prediction_forms(self._vocab)
         return self._vocab
 
     def read_split(self, name: str) -> CaptionSplit | None:
@@ -130,7 +144,7 @@ class VQAv2DataModule(CaptionDataModule):
         qpath, questions, _, answers, bad = self._load(name)
         index = {a: i for i, a in enumerate(self.vocabulary())}
         images, image_keys, image_of = [], [], {}
-        texts, caption_image, keys, ids, scores = [], [], [], [], []
+        texts, caption_image, keys, ids, scores, accuracy = [], [], [], [], [], []
         no_answer_in_vocab = 0
         unknown = UnknownIds(answers, "the annotations")
         for n, q in enumerate(questions):
@@ -153,17 +167,19 @@ class VQAv2DataModule(CaptionDataModule):
                 image_of[q["image_id"]] = len(images)
                 images.append(where)
                 image_keys.append(f"image id {q['image_id']}")
-            counts = Counter(a for a in answers[q["question_id"]] if a in index)
+            raw = answers[q["question_id"]]
+            counts = Counter(f for f in map(normalize_answer, raw) if f in index)
             no_answer_in_vocab += not counts
-            given = len(answers[q["question_id"]])
+            given = len(raw)
             texts.append(str(q["question"]))
             caption_image.append(image_of[q["image_id"]])
             keys.append(key)
             ids.append([index[a] for a in counts])
             scores.append([soft_score(c, self.soft_score, max(given, 1)) for c in counts.values()])
+            accuracy.append(sorted(answer_accuracies(raw, self._forms).items()) if raw else [])
         self._answer_stats[name] = {"questions_without_vocab_answer": no_answer_in_vocab}
         return CaptionSplit(images, image_keys, texts, caption_image, keys, bad,
-                            {"answer_ids": ids, "answer_scores": scores})
+                            {"answer_ids": ids, "answer_scores": scores, "answer_accuracy": accuracy})
 
     def _image(self, split: str, image_id: int | str) -> Path | str:
         """The image file of ``image_id`` (``image_file`` formatted), or why there is none."""
@@ -176,14 +192,13 @@ class VQAv2DataModule(CaptionDataModule):
         return image_path(self.root, relative)
 
     def pair_fields(self, name: str, split: CaptionSplit) -> dict[str, torch.Tensor]:
-        n = len(split.captions)
-        ids = torch.full((n, MAX_ANSWERS), -1, dtype=torch.long)
-        scores = torch.zeros(n, MAX_ANSWERS)
-        for row, (a, s) in enumerate(zip(split.extra["answer_ids"], split.extra["answer_scores"])):
-            k = min(len(a), MAX_ANSWERS)
-            ids[row, :k] = torch.tensor(a[:k], dtype=torch.long)
-            scores[row, :k] = torch.tensor(s[:k])
-        return {"answer_ids": ids, "answer_scores": scores}
+        ids, scores, accuracy = (split.extra[k] for k in ("answer_ids", "answer_scores", "answer_accuracy"))
+        width = max([MAX_ANSWERS, *map(len, ids)])
+        acc_width = max([1, *map(len, accuracy)])
+        return {"answer_ids": padded(ids, width, -1, torch.long),
+                "answer_scores": padded(scores, width, 0.0, torch.float32),
+                "answer_accuracy_ids": padded([[i for i, _ in a] for a in accuracy], acc_width, -1, torch.long),
+                "answer_accuracy": padded([[v for _, v in a] for a in accuracy], acc_width, 0.0, torch.float32)}
 
     def describe(self) -> dict[str, Any]:
         out = super().describe()

@@ -7,12 +7,12 @@ averaged over questions (Teney et al. 2018, "Tips and tricks for VQA").
 
 Metric ``vqa_acc``: the official VQA accuracy (``mmfuse.tasks.vqa_answers``: the leave-one-human-out
 mean of ``min(1, matches / 3)``, after the official answer processing) of the predicted answer
-``argmax_a logit_a``, averaged over questions. It is read from the batch's ``answer_accuracy`` (aligned
-with ``answer_ids``: each listed answer's official accuracy), which the data computes from the raw
-human answers; batches without it are taken to carry the official accuracies as their targets. So the
-metric does not follow the training target: with ``data.soft_score=min3`` (``min(n / 3, 1)``, which
-gives 1.0 where the official accuracy gives 0.9 for 3 of 10 humans) ``vqa_acc`` stays the official one.
-Also ``loss``.
+``argmax_a logit_a``, averaged over questions. It is read from the batch's sparse ``answer_accuracy_ids``
+/ ``answer_accuracy`` (each vocabulary answer's official accuracy where above 0, padded with -1 / 0),
+which the data computes from the raw human answers (``mmfuse.data.vqa``); a batch without them is an
+error, never scored against its targets. So the metric does not follow the training target: with
+``data.soft_score=min3`` (``min(n / 3, 1)``, which gives 1.0 where the official accuracy gives 0.9 for
+3 of 10 humans) ``vqa_acc`` stays the official one. Also ``loss``.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ def dense_targets(answer_ids: torch.Tensor, answer_scores: torch.Tensor, num_ans
 
 
 def vqa_accuracy(logits: torch.Tensor, accuracy: torch.Tensor) -> torch.Tensor:
-    """Per question: ``accuracy [B, K]`` (dense, e.g. ``dense_targets`` of ``answer_accuracy``) at the
-    arg-max answer."""
+    """Per question: ``accuracy [B, K]`` (dense, e.g. ``dense_targets`` of ``answer_accuracy_ids`` /
+    ``answer_accuracy``) at the arg-max answer."""
     return accuracy.gather(1, logits.argmax(dim=1, keepdim=True)).squeeze(1)
 
 
@@ -63,9 +63,11 @@ class VQATask(Task):
         logits = self.head(model(batch)).float()
         target = dense_targets(batch["answer_ids"], batch["answer_scores"], self.num_answers)
         per_sample = F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(dim=1)
-        accuracy = target
-        if "answer_accuracy" in batch:
-            accuracy = dense_targets(batch["answer_ids"], batch["answer_accuracy"], self.num_answers)
+        if "answer_accuracy_ids" not in batch or "answer_accuracy" not in batch:
+            raise MMFuseError("task=vqa: the batch has no 'answer_accuracy_ids' / 'answer_accuracy' (each answer's "
+                              "official accuracy, which val/vqa_acc reports; the training targets are not it); "
+                              "Fix: use data=vqa_v2, or give these fields in a data module of your own")
+        accuracy = dense_targets(batch["answer_accuracy_ids"], batch["answer_accuracy"], self.num_answers)
         return per_sample.mean(), {"loss": per_sample.detach(), "acc": vqa_accuracy(logits.detach(), accuracy)}
 
     def update(self, stage: str, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ from torch import nn
 from mmfuse.errors import MMFuseError
 from mmfuse.tasks.itm import ITMTask
 from mmfuse.tasks.metrics import auroc
-from mmfuse.tasks.recall import matrix_rows, recall_at_k, rerank_rows
+from mmfuse.tasks.recall import matrix_rows, query_ranks, recall_at_k, rerank_rows
 from mmfuse.tasks.retrieval import DualEncoderTask
 from mmfuse.tasks.vqa import VQATask
 from mmfuse.tasks.vqa_answers import answer_accuracies, normalize_answer, official_accuracy, prediction_forms
@@ -278,3 +278,17 @@ def test_vqa_task_without_official_accuracies_in_the_batch_is_an_error_not_the_t
         "task=vqa: the batch has no 'answer_accuracy_ids' / 'answer_accuracy' (each answer's official accuracy, "
         "which val/vqa_acc reports; the training targets are not it); Fix: use data=vqa_v2, or give these "
         "fields in a data module of your own")
+
+
+def test_rerank_keeps_the_candidate_order_of_items_one_float32_ulp_apart_below_the_reranked():
+    """Image 0's candidates (float32): text 0 (another image's) 0.7, its own text 1 0.50000006 (0.5 + one
+    ulp), text 2 (another's) 0.5. k = 1 re-scores text 0 only, at -30: text 1 stays above text 2, rank 1
+    (text 0 above it). Subtracting a shift of 31.7 in float32 rounded 0.50000006 and 0.5 to the same
+    value, a tie counted against the query: rank 2. Image 1: its text 0 re-scored (-30) above both: rank 0.
+    Texts equal under the candidates stay tied (image 1 ranks texts 1 and 2, both 0.1, equally)."""
+    candidates = torch.tensor([[0.7, 0.50000006, 0.5], [0.9, 0.1, 0.1]])
+    assert float(candidates[0, 1]) > float(candidates[0, 2])
+    rows = rerank_rows(matrix_rows(candidates), lambda i, t: torch.full(i.shape, -30.0), k=1)
+    assert query_ranks(rows, torch.tensor([1, 0, 1]), 2, "i2t").tolist() == [1, 0]
+    # floor(-30) - 1 - dense rank (0 for the re-scored top text): -31 - 1, -31 - 2
+    assert rows("i2t", torch.tensor([0, 1])).tolist() == [[-30.0, -32.0, -33.0], [-30.0, -32.0, -32.0]]

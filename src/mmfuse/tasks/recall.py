@@ -80,15 +80,29 @@ def embedding_rows(image_emb: torch.Tensor, text_emb: torch.Tensor) -> Rows:
     return lambda direction, q: image_emb[q] @ text_emb.T if direction == "i2t" else text_emb[q] @ image_emb.T
 
 
+def dense_ranks(rows: torch.Tensor) -> torch.Tensor:
+    """Per row, each entry's dense rank from the top: 0 for the highest value, +1 for each smaller
+    distinct value; equal values share a rank (so ties stay ties)."""
+    values, order = rows.sort(dim=1, descending=True)
+    step = torch.zeros_like(values, dtype=torch.long)
+    step[:, 1:] = values[:, 1:] != values[:, :-1]
+    return torch.empty_like(step).scatter_(1, order, step.cumsum(dim=1))
+
+
 def rerank_rows(candidates: Rows, scorer: PairScorer, k: int) -> Rows:
     """Each query's top-``k`` items under ``candidates`` (a dual encoder), ordered by ``scorer`` (e.g.
     an ITM model), ranked above all other items, which keep their candidate order. So R@K is the
-    re-ranker's for ``K <= k`` and exact for every K; only ``k`` pairs per query are scored. The rows
-    have the wider of the two scores' dtypes, so neither is rounded.
+    re-ranker's for ``K <= k`` and exact for every K; only ``k`` pairs per query are scored.
+
+    Rows: the pair scores for the top ``k``; for every other item ``floor(min pair score) - 1 - d``,
+    ``d`` its dense rank under ``candidates`` (``dense_ranks``), in the wider of the two scores' dtypes.
+    Integer keys, so candidate scores that differ by one ulp stay apart and equal ones stay tied (exact
+    while ``|min pair score| + items < 2^24`` in float32, ``2^53`` in float64). A NaN candidate score
+    counts as ``-inf``, as in ``_ranks``.
     """
 
     def rows(direction: str, q: torch.Tensor) -> torch.Tensor:
-        base = candidates(direction, q)
+        base = torch.nan_to_num(as_float(candidates(direction, q)), nan=float("-inf"))
         kk = min(k, base.shape[1])
         top = base.topk(kk, dim=1).indices
         qq = q[:, None].expand(-1, kk).reshape(-1)
@@ -96,9 +110,9 @@ def rerank_rows(candidates: Rows, scorer: PairScorer, k: int) -> Rows:
             pair = scorer(qq, top.reshape(-1))
         else:
             pair = scorer(top.reshape(-1), qq)
-        dtype = torch.promote_types(as_float(base).dtype, as_float(pair).dtype)
-        base, pair = base.to(dtype), pair.view(len(q), kk).to(dtype)
-        shift = base.amax(dim=1, keepdim=True) - pair.amin(dim=1, keepdim=True) + 1.0
-        return (base - shift).scatter(1, top, pair)
+        dtype = torch.promote_types(base.dtype, as_float(pair).dtype)
+        pair = pair.view(len(q), kk).to(dtype)
+        below = pair.amin(dim=1, keepdim=True).floor() - 1 - dense_ranks(base).to(dtype)
+        return below.scatter(1, top, pair)
 
     return rows

@@ -13,7 +13,7 @@ from mmfuse.errors import MMFuseError
 from mmfuse.tasks.itm import ITMTask
 from mmfuse.tasks.metrics import auroc
 from mmfuse.tasks.recall import matrix_rows, query_ranks, recall_at_k, rerank_rows
-from mmfuse.tasks.retrieval import DualEncoderTask
+from mmfuse.tasks.retrieval import DualEncoderTask, RetrievalTask
 from mmfuse.tasks.vqa import VQATask
 from mmfuse.tasks.vqa_answers import answer_accuracies, normalize_answer, official_accuracy, prediction_forms
 from mmfuse.types import PAIR_TYPES, EncoderOutput, LateOutput
@@ -292,3 +292,29 @@ def test_rerank_keeps_the_candidate_order_of_items_one_float32_ulp_apart_below_t
     assert query_ranks(rows, torch.tensor([1, 0, 1]), 2, "i2t").tolist() == [1, 0]
     # floor(-30) - 1 - dense rank (0 for the re-scored top text): -31 - 1, -31 - 2
     assert rows("i2t", torch.tensor([0, 1])).tolist() == [[-30.0, -32.0, -33.0], [-30.0, -32.0, -32.0]]
+
+
+def test_retrieval_with_a_dual_encoder_runs_a_float64_model_in_float64():
+    """task=retrieval's defaults (hard negatives from the dual encoder) with contrastive_weight 0.5 on a
+    ``.double()`` task: projections and ITM head the identity / all ones, images x0 = (1, 0), x1 = (0, 1),
+    texts y_i = x_i. Each image's own text scores 1, the other 0, under both scorers: every recall 100,
+    rsum 600, also the dual encoder's (itc_rsum). max_pairs=1 makes evaluation re-rank the dual
+    encoder's top 10. Before: ``embed`` cast to float32 before the float64 projections (RuntimeError)."""
+    task = RetrievalTask(2, "mid", head="linear", contrastive_weight=0.5, embed_dim=2, max_pairs=1,
+                         image_dim=2, text_dim=2).double()
+    with torch.no_grad():
+        for linear in (task.itc.image, task.itc.text):
+            linear.weight.copy_(torch.eye(2))
+            linear.bias.zero_()
+        task.head.weight.fill_(1.0)
+        task.head.bias.zero_()
+    x = torch.eye(2, dtype=torch.float64)
+    batch = {"image": x, "text": x.clone(), "image_id": torch.tensor([0, 1]), "text_id": torch.tensor([0, 1])}
+    model = PooledProduct()
+    _, out = task.step(model, batch)
+    assert out["itc"][0].dtype == out["itc"][1].dtype == torch.float64
+    task.eval()
+    task.update("val", task.step(model, batch)[1], batch)
+    task.epoch_end("val", model)
+    m = {k: float(v) for k, v in task.compute("val").items()}
+    assert (m["val/rsum"], m["val/itc_rsum"]) == (600.0, 600.0)

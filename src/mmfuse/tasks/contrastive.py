@@ -64,5 +64,7 @@ class ContrastiveHeads(nn.Module):
         self.scale = LogitScale(temperature)
 
     def embed(self, image_pooled: torch.Tensor, text_pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return (F.normalize(self.image(image_pooled.float()), dim=-1),
-                F.normalize(self.text(text_pooled.float()), dim=-1))
+        """L2-normalised projections, computed in the projections' dtype (float64 for a ``.double()`` model)."""
+        dtype = self.image.weight.dtype
+        return (F.normalize(self.image(image_pooled.to(dtype)), dim=-1),
+                F.normalize(self.text(text_pooled.to(dtype)), dim=-1))

@@ -7,10 +7,19 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 
+def cpu_if_mps(t: torch.Tensor) -> torch.Tensor:
+    """``t`` on the CPU if it is on Apple's MPS, which has no float64; else ``t`` itself."""
+    return t.cpu() if t.device.type == "mps" else t
+
+
 def as_float(t: torch.Tensor) -> torch.Tensor:
     """``t`` as floating point without rounding: float32 / float64 unchanged, anything else (half,
-    bfloat16, integers) as float64. Scores keep their own precision, so ranking them makes no new ties."""
-    return t if t.dtype in (torch.float32, torch.float64) else t.double()
+    bfloat16, integers) as float64. Scores keep their own precision, so ranking them makes no new ties.
+    On Apple's MPS (no float64) as float32 instead, on the device: exact for half and bfloat16 (every
+    such value is a float32), integers above 2^24 in magnitude are rounded."""
+    if t.dtype in (torch.float32, torch.float64):
+        return t
+    return t.float() if t.device.type == "mps" else t.double()
 
 
 def auroc(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -22,9 +31,10 @@ def auroc(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     with ``R_pos`` the sum of the positives' mid-ranks (1-based, ties get their mean rank), ``P`` / ``N``
     the numbers of positives / negatives. Only the order of the scores matters, so logits are ranked
     as they are, never squashed through a sigmoid (float32 rounds every logit above ~16.6 to 1.0).
-    NaN when a class is absent or a score is NaN (undefined).
+    NaN when a class is absent or a score is NaN (undefined). Computed on the CPU for MPS tensors (the
+    ranks are float64).
     """
-    scores, labels = as_float(scores.flatten()), labels.flatten().bool()
+    scores, labels = cpu_if_mps(as_float(scores.flatten())), cpu_if_mps(labels.flatten().bool())
     n_pos = int(labels.sum())
     n_neg = len(labels) - n_pos
     if n_pos == 0 or n_neg == 0 or bool(scores.isnan().any()):

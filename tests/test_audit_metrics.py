@@ -5,11 +5,14 @@ Every expected value is exact and counted by hand in the test's docstring or com
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
 from mmfuse.errors import MMFuseError
+from mmfuse.tasks.classification import ClassificationTask
 from mmfuse.tasks.itm import ITMTask
 from mmfuse.tasks.metrics import auroc
 from mmfuse.tasks.recall import matrix_rows, query_ranks, recall_at_k, rerank_rows
@@ -318,3 +321,56 @@ def test_retrieval_with_a_dual_encoder_runs_a_float64_model_in_float64():
     task.epoch_end("val", model)
     m = {k: float(v) for k, v in task.compute("val").items()}
     assert (m["val/rsum"], m["val/itc_rsum"]) == (600.0, 600.0)
+
+
+# -- classification: the ITM decision rule for multilabel, AUROCs from ranks ---------------------------
+
+
+def classification_metrics(logits: list, target: list, label_type: str) -> dict[str, float]:
+    task = ClassificationTask(2, "mid", num_classes=len(logits[0]), label_type=label_type)
+    task.update("val", {"logits": torch.tensor(logits), "loss": torch.zeros(len(logits))},
+                {"target": torch.tensor(target)})
+    return {k: float(v) for k, v in task.compute("val").items()}
+
+
+def test_multilabel_predicts_a_label_where_its_logit_is_above_zero():
+    """Predictions (logit > 0): [[1, 0], [0, 1], [0, 1], [1, 0]] against [[1, 0], [0, 1], [0, 1], [1, 1]]:
+    7 of 8 labels right. F1 label 0: TP 2 -> 1.0; label 1: TP 2, FN 1 -> 4/5; macro 0.9. A float32
+    sigmoid makes logit 1e-8 exactly 0.5, which torchmetrics' p > 0.5 predicts 0: acc 6/8, F1 (2/3 + 4/5)/2."""
+    m = classification_metrics([[1e-8, -1.0], [0.0, 3.0], [-1e-8, 2.0], [5.0, -2.0]],
+                               [[1, 0], [0, 1], [0, 1], [1, 1]], "multilabel")
+    assert (m["val/acc"], m["val/f1"]) == (pytest.approx(7 / 8, abs=1e-7), pytest.approx(0.9, abs=1e-7))
+
+
+def test_multilabel_auroc_ranks_each_labels_logits():
+    """Label 0: logits 17, 20 (negatives) below 25, 30 (positives): 1.0 (float32 sigmoids are all 1.0:
+    0.5). Label 1: positives -1, 2 against negatives 0.5, -3: 3 of 4 pairs ordered: 0.75. Macro 0.875.
+    Label 0's predictions are all 1 (2 of 4 right), label 1's [0, 1, 1, 0] (2 of 4): acc 0.5."""
+    m = classification_metrics([[17.0, -1.0], [20.0, 2.0], [25.0, 0.5], [30.0, -3.0]],
+                               [[0, 1], [0, 1], [1, 0], [1, 0]], "multilabel")
+    assert m["val/auroc"] == pytest.approx(0.875, abs=1e-15)
+    assert m["val/acc"] == pytest.approx(0.5, abs=1e-7)
+
+
+def test_multiclass_auroc_ranks_log_softmax_where_the_float32_softmax_saturates():
+    """Samples [20, 0, 0] (class 0), [20, 1, 0] (class 1), [0, 0, 20] (class 2). Class 0 vs rest by
+    log p_0: -log(1 + 2e^-20) = -4.1e-9 (the positive) > -log(1 + e^-19 + e^-20) = -7.7e-9 > -20: 1.0;
+    in float32 both first p_0 are 1.0, a tie: (1/2 + 1) / 2 = 0.75. Classes 1 and 2: their positive
+    scores highest (log p_1 = -19 against -20, -20; log p_2 = -4.1e-9 against about -20): 1.0 each."""
+    m = classification_metrics([[20.0, 0, 0], [20.0, 1, 0], [0, 0, 20.0]], [0, 1, 2], "multiclass")
+    assert m["val/auroc"] == 1.0
+    assert m["val/acc"] == pytest.approx(2 / 3, abs=1e-7)  # argmax: 0, 0, 2
+
+
+def test_macro_auroc_is_the_mean_over_the_labels_with_both_outcomes_and_nan_otherwise():
+    """Label 1 is never positive (undefined): the macro AUROC is label 0's, 1.0; no label defined: NaN."""
+    m = classification_metrics([[2.0, 1.0], [-1.0, 0.0]], [[1, 0], [0, 0]], "multilabel")
+    assert m["val/auroc"] == 1.0
+    assert math.isnan(classification_metrics([[2.0, 1.0], [-1.0, 0.0]], [[1, 0], [1, 0]], "multilabel")["val/auroc"])
+
+
+@pytest.mark.skipif(not torch.backends.mps.is_available(), reason="needs Apple's MPS")
+def test_auroc_of_half_scores_on_mps():
+    """MPS has no float64: half scores are ranked as float32 there and the ranks made on the CPU."""
+    scores = torch.tensor([1.0, 2, 2, 3], dtype=torch.float16, device="mps")
+    assert float(auroc(scores, torch.tensor([0, 1, 0, 1], device="mps"))) == 0.875

@@ -1,11 +1,17 @@
 """``task=classification``: a label for each image-text pair, from ``data=jsonl``'s ``label`` field.
 
 ``logits = head(fusion(image, text)) ∈ R^C`` (late fusion: per-modality heads, logits added).
-- ``label_type=multiclass`` (batch ``target`` = class index): loss cross-entropy; ``acc`` (top-1),
-  ``f1`` (macro over classes), ``auroc`` (macro one-vs-rest on the softmax);
+- ``label_type=multiclass`` (batch ``target`` = class index): loss cross-entropy; ``acc`` (top-1:
+  ``argmax_c logit_c``), ``f1`` (macro over classes, of the same prediction), ``auroc`` (macro
+  one-vs-rest: class ``c`` scored by ``log softmax(logits)_c``, in float64, which ranks as ``p_c`` does
+  without the float32 softmax's saturation at 1.0);
 - ``label_type=multilabel`` (batch ``target`` = multi-hot ``[B, C]``): loss BCE-with-logits summed
-  over labels; ``acc`` (per label at ``p >= 0.5``, micro), ``f1`` (macro over labels), ``auroc``
-  (macro over labels).
+  over labels; a label is predicted where ``logit > 0`` (``p > 0.5``; logit 0 is not predicted), the
+  rule of ITM (``mmfuse.tasks.itm.predict``); ``acc`` (micro over labels) and ``f1`` (macro over labels)
+  of those integer predictions, ``auroc`` (macro over labels) ranking each label's logits.
+
+AUROCs: per class / label the rank statistic ``mmfuse.tasks.metrics.auroc`` (ties 1/2), then the mean
+over the classes / labels where it is defined (both outcomes present); NaN where none is.
 """
 
 from __future__ import annotations
@@ -15,29 +21,56 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics import MeanMetric, Metric, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
-    MulticlassAUROC,
     MulticlassF1Score,
     MultilabelAccuracy,
-    MultilabelAUROC,
     MultilabelF1Score,
 )
+from torchmetrics.utilities import dim_zero_cat
 
 from mmfuse.errors import MMFuseError
 from mmfuse.tasks.base import STAGES, Task
 from mmfuse.tasks.heads import build_task_head
+from mmfuse.tasks.itm import predict
+from mmfuse.tasks.metrics import as_float, auroc, cpu_if_mps
 
 LABEL_TYPES = ("multiclass", "multilabel")
+
+
+class MacroRankAUROC(Metric):
+    """Macro AUROC of ``scores [N, C]`` against binary ``hits [N, C]`` over the epoch (gathered across
+    processes): ``auroc`` of each column, the mean over the columns that have both outcomes; NaN when
+    none has, or when a score is NaN."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("scores", default=[], dist_reduce_fx="cat")
+        self.add_state("hits", default=[], dist_reduce_fx="cat")
+
+    def update(self, scores: torch.Tensor, hits: torch.Tensor) -> None:
+        self.scores.append(as_float(scores.detach()))
+        self.hits.append(hits.detach().long())
+
+    def compute(self) -> torch.Tensor:
+        if isinstance(self.scores, list) and not self.scores:
+            return torch.tensor(float("nan"), dtype=torch.float64)
+        scores, hits = dim_zero_cat(self.scores), dim_zero_cat(self.hits).bool()
+        defined = hits.any(dim=0) & ~hits.all(dim=0)
+        if bool(scores.isnan().any()) or not bool(defined.any()):
+            return torch.tensor(float("nan"), dtype=torch.float64)
+        return torch.stack([auroc(scores[:, c], hits[:, c]) for c in defined.nonzero().flatten().tolist()]).mean()
 
 
 def _metrics(label_type: str, c: int) -> dict[str, Any]:
     if label_type == "multiclass":
         return {"acc": MulticlassAccuracy(c, average="micro"), "f1": MulticlassF1Score(c, average="macro"),
-                "auroc": MulticlassAUROC(c, average="macro")}
+                "auroc": MacroRankAUROC()}
     return {"acc": MultilabelAccuracy(c, average="micro"), "f1": MultilabelF1Score(c, average="macro"),
-            "auroc": MultilabelAUROC(c, average="macro")}
+            "auroc": MacroRankAUROC()}
 
 
 class ClassificationTask(Task):
@@ -75,13 +108,15 @@ class ClassificationTask(Task):
         return per_sample.mean(), {"logits": logits.detach(), "loss": per_sample.detach()}
 
     def update(self, stage: str, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> None:
-        m = self.metrics[stage]
+        m, logits, target = self.metrics[stage], outputs["logits"], batch["target"].long()
         if self.label_type == "multiclass":
-            probs, target = outputs["logits"].softmax(dim=1), batch["target"].long()
+            predicted = logits.argmax(dim=1)
+            scores, hits = cpu_if_mps(logits).double().log_softmax(dim=1), F.one_hot(target, self.num_classes)
         else:
-            probs, target = outputs["logits"].sigmoid(), batch["target"].long()
-        for name in ("acc", "f1", "auroc"):
-            m[name].update(probs, target)
+            predicted, scores, hits = predict(logits), logits, target
+        m["acc"].update(predicted, target)  # integer predictions: torchmetrics applies no threshold
+        m["f1"].update(predicted, target)
+        m["auroc"].update(scores, hits)
         m["loss"].update(outputs["loss"])
 
     def compute(self, stage: str) -> dict[str, torch.Tensor]:

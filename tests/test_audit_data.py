@@ -3,6 +3,7 @@ bad ids and bytes, the pixel limit checked from the header, free disk space for 
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import json
 import logging
@@ -410,15 +411,26 @@ def test_a_cache_entry_larger_than_the_free_space_is_refused_before_any_file(tmp
     assert writer.array("pooled", (1000, 500), "float32").shape == (1000, 500)  # 2 MB fit
 
 
+def failing_fallocate(*errnos: int):
+    """A stand-in for libc's ``fallocate`` that fails with ``errnos`` in turn (then succeeds), as
+    ctypes reports a failure: -1 and ``errno``."""
+    left = list(errnos)
+
+    def fallocate(fd, mode, offset, length):
+        if not left:
+            return 0
+        ctypes.set_errno(left.pop(0))
+        return -1
+    return fallocate
+
+
 def test_arrays_whose_blocks_cannot_be_reserved_count_against_the_next(tmp_path, monkeypatch):
     fake_free(monkeypatch, 5_000_000)
-
-    def unsupported(fd, offset, length):
-        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
-
-    monkeypatch.setattr(storage.os, "posix_fallocate", unsupported)
+    monkeypatch.setattr(storage, "_fallocate", failing_fallocate(errno.EOPNOTSUPP))  # NFSv3, FUSE, old ZFS
     writer = EntryWriter(tmp_path, "k")
     writer.array("pooled", (1000, 1000), "float32")  # 4 MB, sparse: the free space has not changed
+    assert writer.unreserved == 4_000_000
+    assert (writer.tmp / "pooled.npy").stat().st_blocks * 512 <= 8192  # the header's page: no byte per block
     with pytest.raises(MMFuseError) as err:
         writer.array("tokens", (1000, 500), "float32")
     assert str(err.value) == no_space_message(tmp_path, 6, 5)
@@ -426,14 +438,83 @@ def test_arrays_whose_blocks_cannot_be_reserved_count_against_the_next(tmp_path,
 
 def test_a_full_disk_at_reservation_is_the_same_error(tmp_path, monkeypatch):
     fake_free(monkeypatch, 10**9)  # the check passes; the file system then has no blocks to give
+    for err_no in (errno.ENOSPC, errno.EDQUOT):
+        monkeypatch.setattr(storage, "_fallocate", failing_fallocate(err_no))
+        with pytest.raises(MMFuseError) as err:
+            EntryWriter(tmp_path, "k").array("pooled", (10, 100), "float16")
+        assert str(err.value) == no_space_message(tmp_path, 1, 1000)
 
-    def full(fd, offset, length):
-        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(storage.os, "posix_fallocate", full)
+def test_reservation_retries_an_interrupt_and_names_other_failures(tmp_path, monkeypatch):
+    monkeypatch.setattr(storage, "_fallocate", failing_fallocate(errno.EINTR, errno.EINTR))
+    writer = EntryWriter(tmp_path, "k")
+    writer.array("pooled", (10, 100), "float16")
+    assert writer.unreserved == 0  # reserved at the third call
+    monkeypatch.setattr(storage, "_fallocate", failing_fallocate(errno.EFBIG))
     with pytest.raises(MMFuseError) as err:
-        EntryWriter(tmp_path, "k").array("pooled", (10, 100), "float16")
-    assert str(err.value) == no_space_message(tmp_path, 1, 1000)
+        writer.array("tokens", (10, 100), "float16")
+    assert str(err.value) == (f"feature cache: cannot reserve 1 MB for {writer.tmp / 'tokens.npy'} (File too large). "
+                              "Fix: put the cache elsewhere (paths.cache_dir=<another folder> or cache.dir=...), or "
+                              "cache=off")
+
+
+def test_without_linux_fallocate_posix_fallocate_reserves(tmp_path, monkeypatch):
+    monkeypatch.setattr(storage, "_fallocate", None)  # libc without fallocate (BSD)
+    calls = []
+
+    def posix_fallocate(fd, offset, length):
+        calls.append((offset, length))
+        raise OSError(errno.EINVAL, "Invalid argument")  # FreeBSD's ZFS
+
+    monkeypatch.setattr(storage.os, "posix_fallocate", posix_fallocate)
+    writer = EntryWriter(tmp_path, "k")
+    arr = writer.array("pooled", (10, 100), "float16")
+    assert calls == [(0, (writer.tmp / "pooled.npy").stat().st_size)] and writer.unreserved == arr.nbytes == 2000
+    monkeypatch.delattr(storage.os, "posix_fallocate")  # macOS: nothing reserves
+    writer.array("mask", (10,), "bool")
+    assert writer.unreserved == 2010
+
+
+NO_FALLOCATE = {"x86_64": (0xC000003E, 285), "aarch64": (0xC00000B7, 47)}  # audit arch, fallocate's number
+
+SECCOMP_CHILD = """
+import ctypes, errno, os, struct, sys
+from pathlib import Path
+audit_arch, number = int(sys.argv[2]), int(sys.argv[3])
+def op(code, jt, jf, k):
+    return struct.pack("HBBI", code, jt, jf, k)
+# a seccomp filter: fallocate(2) fails with EOPNOTSUPP, as on NFSv3; every other system call runs
+program = ctypes.create_string_buffer(b"".join([
+    op(0x20, 0, 0, 4), op(0x15, 0, 3, audit_arch), op(0x20, 0, 0, 0), op(0x15, 0, 1, number),
+    op(0x06, 0, 0, 0x00050000 | errno.EOPNOTSUPP), op(0x06, 0, 0, 0x7FFF0000)]))
+class Program(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.prctl(38, 1, 0, 0, 0) or libc.prctl(22, 2, ctypes.byref(Program(6, ctypes.addressof(program))), 0, 0):
+    print("no seccomp", ctypes.get_errno()); sys.exit(3)
+from mmfuse.features.storage import EntryWriter
+writer = EntryWriter(Path(sys.argv[1]), "k")
+writer.array("pooled", (1024, 1024), "float32")
+print(writer.unreserved, (writer.tmp / "pooled.npy").stat().st_blocks * 512)
+"""
+
+
+def test_a_file_system_without_fallocate_leaves_the_file_sparse(tmp_path):
+    """Under a seccomp filter the kernel answers fallocate with EOPNOTSUPP, as NFSv3 does: glibc's
+    posix_fallocate would then write a byte into each of the 1,024 blocks of a 4 MiB array."""
+    import platform
+    import subprocess
+    import sys
+
+    if platform.system() != "Linux" or platform.machine() not in NO_FALLOCATE:
+        pytest.skip("a seccomp filter for fallocate is written here for Linux on x86_64 and aarch64 only")
+    proc = subprocess.run([sys.executable, "-c", SECCOMP_CHILD, str(tmp_path), *map(str, NO_FALLOCATE[platform.machine()])],
+                          capture_output=True, text=True, timeout=120)
+    if proc.returncode == 3:
+        pytest.skip(f"seccomp filters are not allowed here ({proc.stdout.strip()})")
+    assert proc.returncode == 0, proc.stderr
+    unreserved, allocated = map(int, proc.stdout.split())
+    assert unreserved == 4 << 20 and allocated <= 8192  # counted as sparse; only the header's page written
 
 
 def test_a_full_cache_disk_stops_setup_with_the_message_and_leaves_no_entry(make_cfg, tmp_path, monkeypatch):

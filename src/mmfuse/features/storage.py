@@ -8,8 +8,12 @@ that no reader looks at (and the next writer of that key deletes it), never a ha
 
 Disk space: ``array`` checks, before it creates a file, that the folder's free space
 (``shutil.disk_usage``) holds the new array and any earlier one of the entry whose blocks could not
-be reserved, then reserves the file's blocks (``posix_fallocate``, where the file system has it, so
-that no other writer can take them). A full disk is thus
+be reserved, then reserves the file's blocks (Linux ``fallocate(fd, 0, 0, size)``, so that no other
+writer can take them). Where the file system cannot reserve blocks (NFSv3, FUSE, older ZFS:
+``EOPNOTSUPP`` / ``ENOSYS``) the file stays sparse and counts against the next check. glibc's
+``posix_fallocate`` is not used on Linux: there it emulates the reservation by writing one byte into
+every 4 KB block (65,536 writes for a 256 MB array); it is used only where libc has no ``fallocate``
+(other systems). A full disk is thus
 an ``MMFuseError`` ("no space left on <dir>, needs N MB (has M MB free)") before any row is written,
 never a SIGBUS from writing into a sparse memory map.
 
@@ -20,6 +24,7 @@ recorded size and, with ``verify="checksum"``, the recorded sha256; any mismatch
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import json
 import math
@@ -120,20 +125,59 @@ class EntryWriter:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def _libc_fallocate() -> Any:
+    """libc's Linux ``fallocate(fd, mode, offset, len)`` (64-bit offsets), or None where it has none."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)  # the process's symbols, libc's among them
+    except (OSError, TypeError):  # TypeError: Windows has no such handle
+        return None
+    for name in ("fallocate64", "fallocate"):  # the same function where off_t is 64 bits
+        fn = getattr(libc, name, None)
+        if fn is not None:
+            fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+            fn.restype = ctypes.c_int
+            return fn
+    return None
+
+
+_fallocate = _libc_fallocate()
+_CANNOT_RESERVE = {errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+
+
+def _allocate(fd: int, length: int) -> int:
+    """Reserve bytes ``[0, length)`` of ``fd``: 0, or the errno of the failure."""
+    if _fallocate is not None:
+        while _fallocate(fd, 0, 0, length) != 0:
+            err = ctypes.get_errno()
+            if err != errno.EINTR:
+                return err
+        return 0
+    if not hasattr(os, "posix_fallocate"):  # macOS: nothing reserves blocks
+        return errno.ENOSYS
+    try:
+        os.posix_fallocate(fd, 0, length)
+    except OSError as e:
+        return errno.EOPNOTSUPP if e.errno == errno.EINVAL else e.errno  # FreeBSD's ZFS says EINVAL
+    return 0
+
+
 def _reserve(path: Path, writer: EntryWriter, needs: int) -> bool:
     """Allocate the blocks of ``path`` (a sparse file until rows are written); False where the file
-    system cannot, ``writer.no_space`` when the disk is full."""
-    if not hasattr(os, "posix_fallocate"):
-        return False
+    system cannot (the file stays sparse), ``writer.no_space`` when the disk is full."""
     fd = os.open(path, os.O_RDWR)
     try:
-        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
-    except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):  # EOPNOTSUPP, EINVAL: the file system cannot; the check above stands
-            return False
-        raise writer.no_space(needs, shutil.disk_usage(writer.root).free) from None
+        err = _allocate(fd, os.fstat(fd).st_size)
     finally:
         os.close(fd)
+    if err in _CANNOT_RESERVE:
+        return False
+    if err in _NO_SPACE:
+        raise writer.no_space(needs, shutil.disk_usage(writer.root).free)
+    if err:  # EFBIG (a file system's size limit), EIO, ...
+        raise MMFuseError(f"feature cache: cannot reserve {math.ceil(needs / 1e6):,} MB for {path} "
+                          f"({os.strerror(err)}). Fix: put the cache elsewhere (paths.cache_dir=<another "
+                          "folder> or cache.dir=...), or cache=off")
     return True
 
 

@@ -3,7 +3,8 @@
 ``ImageFiles(paths, max_pixels)`` is an image store for ``PairDataset``: ``load(i) -> uint8 [3, H, W]``
 (RGB) and ``read_bytes(i)`` (the file, for decoding on a GPU). Both refuse a file whose header gives
 more than ``max_pixels`` pixels (``data.max_pixels``; ``mmfuse.data.image_size``) or no size, before
-anything is decoded.
+anything is decoded. An animated GIF gives its first frame: torchvision decodes every frame
+(``[frames, 3, H, W]``), which is why all of them count against ``max_pixels``.
 ``FilePairDataset`` is a ``PairDataset`` that decodes each image of a batch once and drops a pair
 whose image cannot be decoded (with a warning naming the file) instead of stopping mid-epoch; the
 store records such files (``failures()``, shared with DataLoader workers) for ``results.json``.
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 from torchvision.io import ImageReadMode, decode_image, read_file
 
-from mmfuse.data.image_size import DEFAULT_MAX_PIXELS, header_size, too_many_pixels
+from mmfuse.data.image_size import DEFAULT_MAX_PIXELS, NO_SIZE, header_size, too_many_pixels
 from mmfuse.data.pairs import PairDataset
 from mmfuse.errors import MMFuseError
 
@@ -30,22 +31,23 @@ log = logging.getLogger(__name__)
 
 
 def check_header(path: str | Path, data: bytes | memoryview, max_pixels: int | None) -> None:
-    """Raise ``MMFuseError`` unless the header of the file's bytes ``data`` gives a size within ``max_pixels``."""
+    """Raise ``MMFuseError`` unless the header of the file's bytes ``data`` gives a size within
+    ``max_pixels`` (frames x width x height)."""
     size = header_size(io.BytesIO(data))
     if size is None:
-        raise MMFuseError(f"{path}: no image size in its header (not a JPEG, PNG, GIF or WebP file, or a "
-                          "corrupt one); it is not decoded")
+        raise MMFuseError(f"{path}: {NO_SIZE}; it is not decoded")
     reason = too_many_pixels(size, max_pixels)
     if reason:
         raise MMFuseError(f"{path}: {reason}")
 
 
 def decode_file(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
-    """``uint8 [3, H, W]`` RGB (grey and palette images are converted, alpha dropped), after
-    ``check_header`` (``max_pixels=None``: no pixel limit)."""
+    """``uint8 [3, H, W]`` RGB (grey and palette images are converted, alpha dropped; an animated GIF's
+    first frame), after ``check_header`` (``max_pixels=None``: no pixel limit)."""
     data = read_file(str(path))
     check_header(path, memoryview(data.numpy()), max_pixels)
-    return decode_image(data, mode=ImageReadMode.RGB)
+    image = decode_image(data, mode=ImageReadMode.RGB)
+    return image[0].clone() if image.ndim == 4 else image  # the first frame, without the others
 
 
 class ImageFiles:
@@ -91,8 +93,9 @@ class FilePairDataset(PairDataset):
             if hasattr(self.images, "failed"):
                 self.images.failed[i] = True
             path = self.images.paths[i] if hasattr(self.images, "paths") else f"image {i}"
+            last = (str(e).strip().splitlines() or [""])[-1].strip()
             log.warning("skipping the pairs of %s in this batch: %s: %s", path, type(e).__name__,
-                        str(e).splitlines()[-1][:200])
+                        last.removeprefix(f"{path}: "))
             return None
 
     def __getitems__(self, indices: Sequence[int]) -> dict[str, Any]:

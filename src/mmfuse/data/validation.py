@@ -21,8 +21,10 @@ string and the other as an integer.
   ``summary()`` (how many per reason, the first ones) goes into ``results.json`` through ``describe()``.
 
 Image checks (``data.verify_images``): ``quick`` reads the header and last bytes of every file (known
-image signature; width x height within ``data.max_pixels``; JPEG end-of-image marker / PNG ``IEND``
-chunk, which a partly written file lacks; a suspect file is then decoded to confirm), ``decode``
+image signature, then width x height (x frames, GIF) from the header within ``data.max_pixels``, not
+scanned for a file of unknown signature (``mmfuse.data.image_size``: a header without a size is
+refused at decoding); JPEG end-of-image marker / PNG ``IEND`` chunk, which a partly written file
+lacks; a suspect file is then decoded to confirm), ``decode``
 decodes every file, ``none`` only checks that the files exist (the pixel limit is then met at
 decoding: ``mmfuse.data.images``). A file that still fails to decode during training is dropped from its batch with a
 warning and counted (``mmfuse.data.images``): training never stops mid-epoch on a bad image.
@@ -39,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from mmfuse.data.image_size import DEFAULT_MAX_PIXELS, header_size, too_many_pixels
+from mmfuse.data.image_size import DEFAULT_MAX_PIXELS, header_size, sniff, too_many_pixels
 from mmfuse.errors import MMFuseError
 
 log = logging.getLogger(__name__)
@@ -49,13 +51,6 @@ VERIFY_MODES = ("quick", "decode", "none")
 SHOW = 5  # offending records listed in messages
 TAIL_BYTES = 2048
 
-_SIGNATURES = {
-    b"\xff\xd8\xff": "jpeg",
-    b"\x89PNG\r\n\x1a\n": "png",
-    b"GIF87a": "gif",
-    b"GIF89a": "gif",
-}
-
 
 def check_policy(on_bad_sample: str, verify_images: str = "quick") -> None:
     if on_bad_sample not in POLICIES:
@@ -64,23 +59,16 @@ def check_policy(on_bad_sample: str, verify_images: str = "quick") -> None:
         raise MMFuseError(f"data.verify_images={verify_images!r}: expected one of {VERIFY_MODES}")
 
 
-def sniff(head: bytes) -> str | None:
-    for signature, kind in _SIGNATURES.items():
-        if head.startswith(signature):
-            return kind
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "webp"
-    return None
-
-
 def decode_error(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> str | None:
-    """None if torchvision decodes ``path``, else why not."""
+    """None if torchvision decodes ``path``, else why not (whole: the path, which the record names,
+    taken off the front of an ``MMFuseError``)."""
     from mmfuse.data.images import decode_file
 
     try:
         decode_file(path, max_pixels)
     except Exception as e:  # torchvision raises RuntimeError with the decoder's message
-        return f"cannot be decoded ({str(e).splitlines()[-1].strip()[:120]})"
+        last = (str(e).strip().splitlines() or [type(e).__name__])[-1].strip()
+        return f"cannot be decoded ({last.removeprefix(f'{path}: ')})"
     return None
 
 
@@ -96,22 +84,20 @@ def check_image_file(path: str | Path, mode: str = "quick", max_pixels: int | No
         if size == 0:
             return "empty image file"
         with open(path, "rb") as f:
-            head = f.read(16)
-            f.seek(0)
-            width_height = header_size(f)
+            kind = sniff(f.read(16))
+            if kind is None:
+                return "not an image (unknown file signature; expected JPEG, PNG, GIF or WebP)"
+            image_size = header_size(f)
             f.seek(max(0, size - TAIL_BYTES))
             tail = f.read()
     except FileNotFoundError:
         return "missing image file"
     except OSError as e:
         return f"unreadable image file ({e.strerror or type(e).__name__})"
-    kind = sniff(head)
-    if kind is None:
-        return "not an image (unknown file signature; expected JPEG, PNG, GIF or WebP)"
-    if width_height is not None and (reason := too_many_pixels(width_height, max_pixels)):
-        return reason  # before any decoding (a header without a size fails at decoding)
+    if image_size is not None and (reason := too_many_pixels(image_size, max_pixels)):
+        return reason  # before any decoding
     suspect = (kind == "jpeg" and b"\xff\xd9" not in tail) or (kind == "png" and b"IEND" not in tail)
-    if suspect or mode == "decode":
+    if suspect or mode == "decode":  # (a header without a size is refused undecoded there)
         reason = decode_error(path, max_pixels)
         if reason and suspect:
             return f"truncated {kind.upper()} file ({reason})"

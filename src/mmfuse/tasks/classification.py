@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MeanMetric, Metric, MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassF1Score,
@@ -34,31 +34,24 @@ from mmfuse.errors import MMFuseError
 from mmfuse.tasks.base import STAGES, Task
 from mmfuse.tasks.heads import build_task_head
 from mmfuse.tasks.itm import predict
-from mmfuse.tasks.metrics import as_float, auroc, cpu_if_mps
+from mmfuse.tasks.metrics import RankAUROC, as_float, auroc, cpu_if_mps
 
 LABEL_TYPES = ("multiclass", "multilabel")
 
 
-class MacroRankAUROC(Metric):
+class MacroRankAUROC(RankAUROC):
     """Macro AUROC of ``scores [N, C]`` against binary ``hits [N, C]`` over the epoch (gathered across
     processes): ``auroc`` of each column, the mean over the columns that have both outcomes; NaN when
     none has, or when a score is NaN."""
 
-    full_state_update = False
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.add_state("scores", default=[], dist_reduce_fx="cat")
-        self.add_state("hits", default=[], dist_reduce_fx="cat")
-
     def update(self, scores: torch.Tensor, hits: torch.Tensor) -> None:
         self.scores.append(as_float(scores.detach()))
-        self.hits.append(hits.detach().long())
+        self.labels.append(hits.detach().long())
 
     def compute(self) -> torch.Tensor:
         if isinstance(self.scores, list) and not self.scores:
             return torch.tensor(float("nan"), dtype=torch.float64)
-        scores, hits = dim_zero_cat(self.scores), dim_zero_cat(self.hits).bool()
+        scores, hits = dim_zero_cat(self.scores), dim_zero_cat(self.labels).bool()
         defined = hits.any(dim=0) & ~hits.all(dim=0)
         if bool(scores.isnan().any()) or not bool(defined.any()):
             return torch.tensor(float("nan"), dtype=torch.float64)

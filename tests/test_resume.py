@@ -62,7 +62,7 @@ def test_a_completed_run_is_skipped_an_unfinished_one_resumed_another_refused(ma
 
 
 def _last_step(run_dir: Path) -> tuple[int, int]:
-    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     return ckpt["global_step"], ckpt["epoch"]
 
 

@@ -67,7 +67,7 @@ def test_a_run_on_the_fast_path_trains_and_its_checkpoint_keeps_plain_keys(make_
     results = train(cfg)
     assert results["status"] == "completed" and results["steps"] == 8  # 512 pairs / 64
     assert math.isfinite(results["metrics"]["val/loss"])
-    ckpt = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     plain = build_module(cfg)  # compiled too, but nn.Module.compile keeps the state dict keys
     # the weights the run started from (same seed): training moved every parameter (none left out by compile),

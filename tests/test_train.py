@@ -70,7 +70,7 @@ def test_last_checkpoint_holds_the_final_weights(make_cfg):
 
     cfg = make_cfg(*FAST, "trainer.max_epochs=4", "test=false", "optimizer.lr=0.3")  # lr too high: no steady gains
     results = train(cfg)
-    ckpt = torch.load(Path(cfg.paths.output_dir) / results["checkpoint"], map_location="cpu", weights_only=False)
+    ckpt = torch.load(Path(cfg.paths.output_dir) / results["checkpoint"], map_location="cpu", weights_only=True)
     assert results["checkpoint"] == "checkpoints/last.ckpt"
     assert ckpt["global_step"] == results["steps"] == 4 * 8 and ckpt["epoch"] == 3  # 512 pairs / 64
     assert results["best_checkpoint"] == "checkpoints/best.ckpt"

@@ -1,5 +1,5 @@
 """Audit findings on metrics (issue 13), end to end: VQA's official accuracy from a VQA v2 folder through
-the data module's batches to ``val/vqa_acc``.
+the data module's batches to ``val/vqa_acc``; retrieval galleries across 2 DDP processes.
 
 Expected accuracies: the official evaluation (GT-Vision-Lab/VQA at c4e6a0e,
 PythonEvaluationTools/vqaEvaluation/vqaEval.py), copied outside this repository and run on exactly these
@@ -9,6 +9,7 @@ answers; they are also counted by hand in the comments.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from torchvision.io import encode_jpeg
 from mmfuse.data.vqa import VQAv2DataModule
 from mmfuse.encoders.transforms import ImageTransform
 from mmfuse.encoders.word_tokenizer import WordTokenizer
+from mmfuse.tasks.gallery import Gallery
 from mmfuse.tasks.vqa import VQATask
 
 TRAIN = {  # question id -> the human answers; prediction forms counted: yes 12, don't 10, t shirt 9, 2 8, no 7, shirt 4
@@ -119,3 +121,34 @@ def test_vqa_v2_batches_carry_each_vocabulary_answers_official_accuracy_sparse(t
         assert got == pytest.approx(accuracy, abs=1e-7) and len(got) == len(accuracy)
         ids, values = batch["answer_ids"][row[q]].tolist(), batch["answer_scores"][row[q]].tolist()
         assert {VOCABULARY[i]: v for i, v in zip(ids, values) if i >= 0} == pytest.approx(target, abs=1e-7)
+
+
+# -- retrieval galleries under DDP: the item count summed over the processes -----------------------------
+
+
+def gallery_rank(rank: int, store: str, out_dir: str) -> None:
+    """One of 2 gloo processes: an empty gallery on both, then one that only rank 0 fills."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            empty = Gallery(("pooled",)).items()
+            gallery = Gallery(("pooled",))
+            if rank == 0:
+                gallery.update(torch.tensor([3, 1]), pooled=torch.tensor([[3.0], [1.0]]))
+            items = gallery.items()
+    finally:
+        torch.distributed.destroy_process_group()
+    result = {"empty": empty, "ids": items["ids"].tolist(), "pooled": items["pooled"].tolist(),
+              "warnings": [str(w.message) for w in caught if "before the ``update``" in str(w.message)]}
+    (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(result))
+
+
+def test_a_gallery_is_computed_only_when_some_process_updated_it_and_then_without_warnings(tmp_path):
+    """Neither process updated: None on both (no compute, so no torchmetrics "compute before update"
+    warning). Only rank 0 updated (ids 3, 1): both get the gathered ids sorted, 1 and 3, with their rows,
+    and rank 1, whose own state is empty, does not warn."""
+    torch.multiprocessing.spawn(gallery_rank, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2)
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == {
+            "empty": None, "ids": [1, 3], "pooled": [[1.0], [3.0]], "warnings": []}, rank

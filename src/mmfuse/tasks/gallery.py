@@ -12,6 +12,8 @@ are padded to ``pad_to`` along dimension 1 so that every batch stacks.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
@@ -68,8 +70,29 @@ class Gallery(Metric):
         return out
 
     def items(self) -> dict[str, torch.Tensor] | None:
-        """``compute()``, or None when nothing was collected on any process."""
-        if len(self) == 0 and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        """``compute()``, or None when nothing was collected on any process. Under DDP every process must
+        call this (as it must ``compute``): the processes first exchange their item counts and field
+        shapes, so no process computes a gallery that none updated, and one that saw no items joins the
+        others' sync with empty tensors of their shapes."""
+        count = len(self)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            mine = (count, {name: (tuple(values[0].shape[1:]), str(values[0].dtype).removeprefix("torch."))
+                            for name in self.fields if (values := getattr(self, f"f_{name}"))})
+            everyone: list = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(everyone, mine)
+            count = sum(n for n, _ in everyone)
+            if count and not len(self):
+                self._join_empty({k: v for _, shapes in everyone for k, v in shapes.items()})
+        if count == 0:
             return None
-        out = self.compute()
+        with warnings.catch_warnings():
+            if not len(self):  # this process saw none of the items the others gathered: not an error
+                warnings.filterwarnings("ignore", message=".*was called before the ``update``")
+            out = self.compute()
         return out if len(out["ids"]) else None
+
+    def _join_empty(self, shapes: dict[str, tuple[tuple[int, ...], str]]) -> None:
+        """Zero-length states of the other processes' trailing shapes / dtypes, for the sync."""
+        self.ids.append(torch.zeros(0, dtype=torch.long, device=self.device))
+        for name, (shape, dtype) in shapes.items():
+            getattr(self, f"f_{name}").append(torch.zeros((0, *shape), dtype=getattr(torch, dtype), device=self.device))

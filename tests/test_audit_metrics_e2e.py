@@ -144,6 +144,7 @@ def gallery_rank(rank: int, store: str, out_dir: str) -> None:
     (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(result))
 
 
+@pytest.mark.slow
 def test_a_gallery_is_computed_only_when_some_process_updated_it_and_then_without_warnings(tmp_path):
     """Neither process updated: None on both (no compute, so no torchmetrics "compute before update"
     warning). Only rank 0 updated (ids 3, 1): both get the gathered ids sorted, 1 and 3, with their rows,

@@ -100,8 +100,6 @@ def test_a_completed_ddp_job_is_skipped_before_any_rank_process_starts(make_cfg,
 
 
 
-@pytest.mark.xfail(strict=True, reason="needs Gallery.items to sum its item count over the processes before "
-                   "computing (src/mmfuse/tasks/gallery.py, not this helper's file: the change is in H6's report)")
 def test_a_gallery_no_process_updated_is_not_computed_under_ddp(tmp_path):
     """The DDP warning "compute ... of metric Gallery was called before the update": ITM on pair data
     (shapes) fills no retrieval gallery, yet under DDP every rank computed its empty galleries."""

@@ -390,7 +390,8 @@ def test_vqa_task_learns_soft_targets(stage):
     torch.manual_seed(0)
     task = VQATask(4 if stage == "mid" else 2, stage, num_answers=3, head="linear")
     batch = {"image": torch.randn(8, 2), "text": torch.randn(8, 2),
-             "answer_ids": torch.tensor([[0, 1]] * 8), "answer_scores": torch.tensor([[1.0, 1 / 3]] * 8)}
+             "answer_ids": torch.tensor([[0, 1]] * 8), "answer_scores": torch.tensor([[1.0, 1 / 3]] * 8),
+             "answer_accuracy_ids": torch.tensor([[0, 1]] * 8), "answer_accuracy": torch.tensor([[1.0, 0.3]] * 8)}
     model = PooledConcat(late=stage == "late")
     opt = torch.optim.SGD(task.parameters(), lr=0.5)
     first = None

@@ -85,17 +85,17 @@ def guide_files() -> dict[str, str]:
     return {path: body for path, body in pattern.findall(section(GUIDE))}
 
 
-def guide_command(folder: Path) -> tuple[dict[str, str], list[str]]:
-    """The guide's ``train.py`` command line with ``$MYFUSE`` = ``folder``: (its environment, its arguments)."""
+def guide_command(folder: Path, script: str = "train.py") -> tuple[dict[str, str], list[str]]:
+    """The guide's ``script`` command line with ``$MYFUSE`` = ``folder``: (its environment, its arguments)."""
     blocks = re.findall(r"^```bash\n(.*?)^```$", section(GUIDE), re.M | re.S)
-    lines = [ln for b in blocks for ln in b.splitlines() if "train.py" in ln and not ln.startswith("#")]
+    lines = [ln for b in blocks for ln in b.splitlines() if script in ln and not ln.startswith("#")]
     assert len(lines) == 1, lines
     words = shlex.split(lines[0].replace(FOLDER, str(folder)))
     env = {}
     while "=" in words[0] and not words[0].startswith("-"):
         key, value = words.pop(0).split("=", 1)
         env[key] = value
-    assert words[:2] == ["python", "train.py"], words
+    assert words[:2] == ["python", script], words
     return env, words[2:]
 
 
@@ -107,6 +107,7 @@ def test_the_guide_gives_one_module_one_yaml_and_the_command_that_finds_them(tmp
     env, args = guide_command(tmp_path)
     assert env == {"PYTHONPATH": str(tmp_path)}
     assert args == [f"hydra.searchpath=[file://{tmp_path}/conf]", "fusion=match"]
+    assert guide_command(tmp_path, "eval.py") == (env, ["ckpt_path=$RUN/checkpoints/last.ckpt"])
 
 
 def load_module(path: Path):
@@ -119,7 +120,8 @@ def load_module(path: Path):
 @pytest.mark.slow
 def test_the_guides_fusion_trains_through_the_cli_exactly_as_written(tmp_path):
     """Save the guide's files in a folder of one's own, run its command with ``debug=fast``: the run
-    completes with the guide's class as its fusion and the parameter count the guide states."""
+    completes with the guide's class as its fusion and the parameter count the guide states; the guide's
+    ``eval.py`` command evaluates it, with exactly the run's validation metrics."""
     mine = tmp_path / "mine"
     for path, body in guide_files().items():
         (mine / path).parent.mkdir(parents=True, exist_ok=True)
@@ -138,6 +140,15 @@ def test_the_guides_fusion_trains_through_the_cli_exactly_as_written(tmp_path):
     assert int(stated.replace(",", "")) == results["params"]["fusion"]
     assert results["params"]["head"] == (2 * 128 + 1) * 256 + 257  # the task's MLP head on out_dim = 2 dim
     assert results["steps"] == 8  # debug=fast: 256 images, a positive and a negative pair each, batches of 64
+
+    env, args = guide_command(mine, "eval.py")
+    args = [a.replace("$RUN", str(run_dir)) for a in args]
+    proc = run_cli("eval.py", *args, outputs=tmp_path / "eval", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (evaluated,) = (json.loads(p.read_text()) for p in (tmp_path / "eval").rglob("results.json"))
+    assert evaluated["status"] == "completed" and evaluated["data"]["val"] == results["data"]["val"]
+    val = {k: v for k, v in results["metrics"].items() if k.startswith("val/")}
+    assert val and {k: v for k, v in evaluated["metrics"].items() if k.startswith("val/")} == val
 
 
 NUMBER = re.compile(r"\d+(?:[.,]\d+)*(?:-\d+(?:[.,]\d+)*)?")  # 8.6, 2,044, 1.21-1.27; not a trailing '.' or ','

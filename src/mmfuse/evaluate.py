@@ -12,11 +12,16 @@ config is recomposed from those overrides with the eval command's own on top; th
   are derived again for the eval run. Selecting another option of the group than the training run's
   (``data=coco_captions`` for a run on shapes) drops the training run's section: the data is then that
   option's, with the eval command's keys.
+
+Config groups of one's own folder (``hydra.searchpath=[file://<folder>/conf]``, README guide "Adding your
+own fusion") are found again: the recomposition searches the eval command's search path and then the
+training run's, which the checkpoint carries (``searchpath``).
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +34,8 @@ from mmfuse.builder import build_datamodule, build_module
 from mmfuse.checkpoint_file import load_checkpoint
 from mmfuse.module import CONFIG_KEY
 from mmfuse.report import print_summary
-from mmfuse.results import RunRecord
-from mmfuse.runinfo import task_overrides, versions
+from mmfuse.results import RunRecord, failure_fields
+from mmfuse.runinfo import hydra_runtime, task_overrides, versions
 
 MODEL_SECTIONS = ("encoder", "fusion", "task")
 CARRIED_SECTIONS = ("data", "cache")
@@ -62,6 +67,24 @@ def merge_overrides(saved: list[str], user: list[str]) -> list[str]:
             continue
         kept.append(text)
     return kept + list(user)
+
+
+def searchpath_override(saved: list[str]) -> list[str]:
+    """``["hydra.searchpath=[...]"]`` for recomposing the training run's config: the eval command's search
+    path (its ``hydra.searchpath`` override, else its primary config's) followed by the training run's
+    ``saved`` one, each entry once; ``[]`` when both are empty. (Hydra's ``compose`` sees no search path
+    but the one in its overrides.)"""
+    hc = hydra_runtime()
+    own = list(hc.searchpath) if hc is not None else []
+    paths = list(dict.fromkeys([*own, *saved]))
+    return [f"hydra.searchpath=[{','.join(_quoted(p) for p in paths)}]"] if paths else []
+
+
+def _quoted(text: str) -> str:
+    """``text`` as a quoted string of Hydra's override grammar: backslashes before a quote (or the end)
+    doubled, quotes escaped."""
+    return "'" + re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\" + m.group(2) if m.group(2) else ""),
+                        text) + "'"
 
 
 def carried_section(section: str, composed: dict[str, Any], saved: dict[str, Any], user: list[str]) -> dict[str, Any]:
@@ -130,7 +153,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         saved = ckpt[CONFIG_KEY]
         user = [o for o in task_overrides() if not o.startswith("ckpt_path=")]
         eval_cfg = compose(config_name="eval", overrides=merge_overrides(saved.get("overrides", []), user)
-                           + [f"ckpt_path={cfg.ckpt_path}"])
+                           + [f"ckpt_path={cfg.ckpt_path}"] + searchpath_override(saved.get("searchpath", [])))
         with open_dict(eval_cfg):
             carry_data_settings(eval_cfg, saved, user)
             for section in MODEL_SECTIONS:
@@ -151,7 +174,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             trainer.test(module, datamodule=datamodule, verbose=False)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
     except BaseException as e:
-        record.finish("failed", error=f"{type(e).__name__}: {e}")
+        record.finish(**failure_fields(e))
         raise
     results = record.finish("completed", metrics=dict(sorted(metrics.items())),
                             trained_with=saved.get("overrides", []), data=datamodule.describe())

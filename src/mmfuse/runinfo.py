@@ -63,7 +63,10 @@ def versions() -> dict[str, str]:
 
 
 def checkpoint_payload(cfg: DictConfig) -> dict[str, Any]:
-    """What a checkpoint carries to rebuild its model: the resolved config, overrides and choices."""
+    """What a checkpoint carries to rebuild its model: the resolved config, overrides and choices, and the
+    config search path (``hydra.searchpath``: one's own config groups, for ``eval.py``'s recomposition)."""
     config = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
               for k, v in cfg.items() if k != "hydra"}
-    return {"config": config, "overrides": task_overrides(), "choices": group_choices()}
+    hc = hydra_runtime()
+    return {"config": config, "overrides": task_overrides(), "choices": group_choices(),
+            "searchpath": list(hc.searchpath) if hc is not None else []}

@@ -19,6 +19,9 @@ process becomes a supervisor, much like ``torchrun``:
   their log file), each line once;
 - the job's ``started_at``, ``finished_at`` and ``wall_time_s`` in ``results.json`` are the
   supervisor's: from before the ranks start until they have all exited;
+  the ranks' clock starts then too (``MMFUSE_JOB_STARTED``), so that the time rank 0 prints is the job's;
+- SIGTERM to the supervisor (a scheduler's stop) is passed on to the ranks: rank 0 records the job as
+  interrupted, and the job exits with 143 and the command that resumes it, as a one-process run does;
 - if a rank fails, the others are killed and the job's ``results.json`` says failed, naming the rank;
   the supervisor itself never joins the process group, so a sweep survives any rank failure, and the
   next job starts from a clean environment.
@@ -49,8 +52,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from mmfuse.data.atomic import atomic_write_json
-from mmfuse.errors import MMFuseError
-from mmfuse.results import FILENAME, mark_failed, read_results, utc_now
+from mmfuse.errors import MMFuseError, RunInterrupted
+from mmfuse.joblog import lightning_logs_to_root
+from mmfuse.results import FILENAME, JOB_STARTED_ENV, mark_failed, read_results, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +62,6 @@ WORKER_ENV = "MMFUSE_RANK_PROCESS"  # set in the rank processes this module star
 ERROR_FD_ENV = "MMFUSE_RANK_ERROR_FD"  # a rank writes its user error (one line) to this file descriptor
 RANK_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK")
 EXIT_USER_ERROR = 2
-LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric")  # each adds a console handler of its own
 
 
 @dataclass(frozen=True)
@@ -156,13 +159,14 @@ def run_ranks(fn: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig, plan:
     world, port = plan.processes, free_port()
     preexec = _die_with_parent if sys.platform.startswith("linux") else None
     log.info("starting %d rank processes (logs: %s)", world, rank_log(run_dir, hydra_cfg.hydra.job.name, "<r>"))
-    started_at, t0 = utc_now(), time.perf_counter()
+    started_at, t0, started = utc_now(), time.perf_counter(), time.time()
     procs, messages = [], []  # messages: a pipe per rank for the one line of a user error
     for rank in range(world):
         read_fd, write_fd = os.pipe()
         console = None if rank == 0 else open(rank_log(run_dir, hydra_cfg.hydra.job.name, rank), "ab")  # noqa: SIM115
         proc = subprocess.Popen([sys.executable, "-m", "mmfuse.distributed"], stdin=subprocess.PIPE,
-                                env={**rank_env(rank, world, port), ERROR_FD_ENV: str(write_fd)},
+                                env={**rank_env(rank, world, port), ERROR_FD_ENV: str(write_fd),
+                                     JOB_STARTED_ENV: repr(started)},
                                 pass_fds=(write_fd,), preexec_fn=preexec, stdout=console,
                                 stderr=None if console is None else subprocess.STDOUT)
         os.close(write_fd)
@@ -262,11 +266,13 @@ def last_error(logfile: Path) -> str:
 
 @contextlib.contextmanager
 def _forward_sigterm(procs: list[subprocess.Popen]) -> Iterator[None]:
-    """While waiting: SIGTERM (a scheduler's stop) stops the ranks, then this process as usual."""
+    """While waiting: SIGTERM (a scheduler's stop) is passed on to the ranks (rank 0 records the run as
+    interrupted), then, once they have ended, raises ``RunInterrupted`` here: the entry point exits with 143
+    and prints the command that resumes the job."""
 
     def handler(signum: int, frame: Any) -> None:
         _stop(procs, signal.SIGTERM)
-        raise SystemExit(128 + signum)
+        raise RunInterrupted(signum)
 
     try:
         previous = signal.signal(signal.SIGTERM, handler)
@@ -317,20 +323,13 @@ def _stop(procs: list[subprocess.Popen], sig: int, grace_s: float = 30) -> None:
 def use_job_log_handlers(console: bool) -> None:
     """Every log record through the job's handlers (Hydra's ``job_logging``) once.
 
-    Lightning's loggers print on console handlers of their own (``lightning`` always; ``lightning.pytorch``
-    and ``lightning.fabric`` when imported before logging was configured) and, besides, propagate to the
-    job's: each line twice. Those console handlers are dropped. ``console=False`` (ranks other than 0,
-    whose stdout and stderr are their log file) also drops the job's console handlers, which would write
-    each line into that file a second time.
+    Lightning's console handlers are dropped (``joblog.lightning_logs_to_root``). ``console=False`` (ranks
+    other than 0, whose stdout and stderr are their log file) also drops the job's console handlers, which
+    would write each line into that file a second time.
     """
     import lightning.pytorch  # noqa: F401  (its import adds the handlers)
 
-    for name in LIGHTNING_LOGGERS:
-        logger = logging.getLogger(name)
-        for handler in list(logger.handlers):
-            if type(handler) is logging.StreamHandler:  # a console, not a file
-                logger.removeHandler(handler)
-        logger.propagate = True
+    lightning_logs_to_root()
     if not console:
         root = logging.getLogger()
         for handler in list(root.handlers):
@@ -368,6 +367,8 @@ def worker_main() -> int:
             with contextlib.suppress(OSError):
                 os.write(int(os.environ[ERROR_FD_ENV]), str(e).encode())
         return EXIT_USER_ERROR
+    except RunInterrupted as e:  # recorded by rank 0's run; 128 + the signal's number, as the supervisor's
+        return e.exit_code
     except BaseException:
         logging.getLogger("mmfuse").exception("rank %d failed", rank)
         return 1

@@ -47,7 +47,8 @@ def lightning_logs_to_root() -> None:
     and stop there unless the root logger already has handlers, and the umbrella ``lightning`` package
     always adds one: imported before Hydra set up the job's logging, Lightning never reached
     ``train.log``; imported after, it printed every line twice. Only under Hydra's job logging (a job log
-    exists); elsewhere (a notebook, pytest) Lightning keeps its own handlers.
+    exists); elsewhere (a notebook, pytest) Lightning keeps its own handlers. The rank processes of a
+    multi-process job call it too (``distributed.use_job_log_handlers``).
     """
     if job_log_handler() is None:
         return

@@ -4,13 +4,20 @@ Fields: ``status`` (running | completed | failed | interrupted), ``kind`` (train
 (final ``val/...`` and ``test/...``), ``overrides`` (the command-line overrides of this job), ``choices``
 (the config group options), ``wall_time_s``, ``started_at`` / ``finished_at`` (UTC ISO 8601),
 ``run_dir``, ``checkpoint`` / ``best_checkpoint``, ``seed``, ``params``, ``data``, ``error``, ``signal``
-(of an interrupted run: ``SIGINT`` | ``SIGTERM``), ``versions``.
+(of an interrupted run: ``SIGINT`` | ``SIGTERM``), ``versions``, ``disk`` (of a completed training run:
+what its directory holds, in bytes: ``{"checkpoints": <checkpoints/, checksum files included>, "other": <the
+rest, as it was just before this file's final write>}``, ``checkpoint_io.run_disk_usage``).
 The file is rewritten atomically, so a reader never sees half of it.
+
+The clock of a run starts when its process starts the run, or, in the rank processes of a multi-process job,
+at the time the supervisor wrote into ``MMFUSE_JOB_STARTED`` (seconds since the epoch) when it started them:
+``started_at`` and ``wall_time_s`` (also the one the run prints) are then the whole job's.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,10 +28,16 @@ from mmfuse.errors import MMFuseError, user_error
 from mmfuse.interrupts import interruption
 
 FILENAME = "results.json"
+JOB_STARTED_ENV = "MMFUSE_JOB_STARTED"  # time.time() of the job's start, set by mmfuse.distributed for its ranks
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return utc_time(time.time())
+
+
+def utc_time(seconds: float) -> str:
+    """``seconds`` since the epoch as UTC ISO 8601, to the second."""
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds")
 
 
 class RunRecord:
@@ -32,9 +45,10 @@ class RunRecord:
 
     def __init__(self, run_dir: str | Path, **fields: Any) -> None:
         self.path = Path(run_dir) / FILENAME
-        self._t0 = time.perf_counter()
+        started = float(os.environ.get(JOB_STARTED_ENV) or time.time())
+        self._t0 = time.perf_counter() - (time.time() - started)
         self.data: dict[str, Any] = {
-            "status": "running", "started_at": utc_now(), "finished_at": None, "wall_time_s": None,
+            "status": "running", "started_at": utc_time(started), "finished_at": None, "wall_time_s": None,
             "run_dir": str(Path(run_dir).resolve()), "metrics": {}, "error": None, **fields,
         }
         self.write()

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from mmfuse.builder import build_datamodule, build_module, build_trainer
 from mmfuse.checkpoint_file import load_initial_weights
+from mmfuse.checkpoint_io import run_disk_usage
 from mmfuse.errors import MMFuseError
 from mmfuse.interrupts import interrupt_on_signals
 from mmfuse.loggers import finish_loggers, log_run_config
@@ -126,6 +127,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         data=datamodule.describe(),
         encoded_samples=dict(module.model.encoded_samples),
         feature_cache=datamodule.feature_cache.report if datamodule.feature_cache is not None else None,
+        disk=run_disk_usage(run_dir),
     )
     finish_loggers(trainer, "completed", results)
     print_summary(results)

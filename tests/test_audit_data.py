@@ -527,3 +527,20 @@ def test_a_full_cache_disk_stops_setup_with_the_message_and_leaves_no_entry(make
                                           r"free\)\. Fix: .*or cache=off$"):
         datamodule.setup("fit")
     assert [p.name for p in cache_dir.iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_a_vqa_question_that_is_not_a_string_is_a_bad_record(tmp_path):
+    questions = [{"question_id": 1, "image_id": 5, "question": "q1?"},
+                 {"question_id": 2, "image_id": 5, "question": 7},
+                 {"question_id": 3, "image_id": 5, "question": "  "}]
+    msg = error_of(vqa(tmp_path / "vqa", questions, [answers(1), answers(2), answers(3)]))
+    assert msg.splitlines()[1:3] == [
+        "  questions[1]: question is an integer 7, not a non-empty string",
+        "  questions[2]: question is a string '  ', not a non-empty string"]
+
+
+def test_a_split_without_its_vqa_file_names_the_key(tmp_path):
+    dm = vqa(tmp_path / "vqa", [{"question_id": 1, "image_id": 5, "question": "q1?"}], [answers(1)],
+             image_file={"train": "train2014/COCO_train2014_{image_id:012d}.jpg"})
+    assert error_of(dm) == ("data.image_file.val is not set (data.image_file names ['train']): give the val split's "
+                            "file relative to data.root, as conf/data/vqa_v2.yaml does")

@@ -105,7 +105,7 @@ class VQAv2DataModule(CaptionDataModule):
         self._answer_stats: dict[str, dict[str, int]] = {}
 
     def _load(self, name: str) -> tuple[Path, list, Path, dict[Any, Any], BadRecords]:
-        qpath, apath = self.root / self.questions[name], self.root / self.annotations[name]
+        qpath, apath = self.root / self._file_of("questions", name), self.root / self._file_of("annotations", name)
         qdata = read_json(qpath, "VQA questions")
         require_keys(qdata, ["questions"], qpath, "the VQA v2 questions format")
         adata = read_json(apath, "VQA annotations")
@@ -152,6 +152,8 @@ class VQAv2DataModule(CaptionDataModule):
                 bad.add("question without 'question_id', 'image_id' and 'question'", f"questions[{n}]")
                 continue
             reason = id_problem(q["question_id"], "question_id") or id_problem(q["image_id"], "image_id")
+            if not reason and not (isinstance(q["question"], str) and q["question"].strip()):
+                reason = f"question is {json_type(q['question'])} {q['question']!r}, not a non-empty string"
             if reason:
                 bad.add(reason, f"questions[{n}]")
                 continue
@@ -171,7 +173,7 @@ class VQAv2DataModule(CaptionDataModule):
             counts = Counter(f for f in map(normalize_answer, raw) if f in index)
             no_answer_in_vocab += not counts
             given = len(raw)
-            texts.append(str(q["question"]))
+            texts.append(q["question"])
             caption_image.append(image_of[q["image_id"]])
             keys.append(key)
             ids.append([index[a] for a in counts])
@@ -181,9 +183,17 @@ class VQAv2DataModule(CaptionDataModule):
         return CaptionSplit(images, image_keys, texts, caption_image, keys, bad,
                             {"answer_ids": ids, "answer_scores": scores, "answer_accuracy": accuracy})
 
+    def _file_of(self, field: str, split: str) -> str:
+        """``data.<field>.<split>`` (a file name or pattern under the root); MMFuseError naming it when unset."""
+        files = getattr(self, field)
+        if not files.get(split):
+            raise MMFuseError(f"data.{field}.{split} is not set (data.{field} names {sorted(files) or 'no split'}): "
+                              f"give the {split} split's file relative to data.root, as conf/data/vqa_v2.yaml does")
+        return files[split]
+
     def _image(self, split: str, image_id: int | str) -> Path | str:
         """The image file of ``image_id`` (``image_file`` formatted), or why there is none."""
-        pattern = self.image_file[split]
+        pattern = self._file_of("image_file", split)
         try:
             relative = pattern.format(image_id=image_id)
         except (ValueError, TypeError, KeyError, IndexError) as e:

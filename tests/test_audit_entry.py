@@ -294,6 +294,11 @@ def test_atomic_files_get_the_umasks_mode(tmp_path, umask, mode):
      "over its length. Fix: give a number of epochs, e.g. trainer.max_epochs=10, or of optimizer steps, e.g. "
      "+trainer.max_steps=1000"),
     (("+trainer.max_steps=-2",), "trainer.max_steps=-2 must be >= -1, e.g. trainer.max_steps=1000"),
+    (("trainer.max_epochs=0",), "trainer.max_epochs=0 trains nothing (the run would stop before its first step and "
+     "report completed). Fix: give at least 1, e.g. trainer.max_epochs=10"),
+    (("+trainer.max_steps=0",), "trainer.max_steps=0 trains nothing (the run would stop before its first step and "
+     "report completed). Fix: give at least 1, e.g. trainer.max_steps=1000"),
+    (("fusion=mult", "fusion.self_layers=-1"), "fusion.self_layers=-1 must be >= 0, e.g. fusion.self_layers=1"),
 ])
 def test_bad_values_are_refused_with_one_line(make_cfg, overrides, message):
     with pytest.raises(MMFuseError) as refused:
@@ -305,6 +310,14 @@ def test_bad_values_are_refused_with_one_line(make_cfg, overrides, message):
 def test_every_shipped_config_passes_validation(make_cfg, group):
     for option in sorted((CONF_DIR / group).glob("*.yaml")):
         validate_train_config(make_cfg(f"{group}={option.stem}"))
+
+
+def test_mult_without_self_attention_layers_validates_and_builds(make_cfg):
+    from mmfuse.builder import build_fusion
+    cfg = make_cfg("fusion=mult", "fusion.self_layers=0")
+    validate_train_config(cfg)
+    fusion = build_fusion(cfg, image_dim=8, text_dim=8)
+    assert (len(fusion.self_text), len(fusion.self_image)) == (0, 0)
 
 
 def test_no_epoch_limit_with_a_step_limit_trains_exactly_those_steps(make_cfg):

@@ -12,9 +12,11 @@ from mmfuse.errors import MMFuseError
 
 _MISSING = object()
 
-# the widths and counts of every fusion (conf/fusion/*.yaml), each with an example value: positive integers
+# the widths and counts of every fusion (conf/fusion/*.yaml), each with an example value: integers >= 1, or
+# >= FUSION_WIDTH_MINIMUM[key] (the fusions' own constructor checks)
 FUSION_WIDTHS = {"dim": 256, "mm_dim": 128, "chunks": 8, "rank": 4, "heads": 4, "layers": 2, "self_layers": 1,
                  "ff_mult": 2, "sketch_dim": 1024, "factor": 5, "order": 2, "hidden": 32, "image_tokens": 64}
+FUSION_WIDTH_MINIMUM = {"self_layers": 0}  # mult: 0 self-attention layers is the no-self-attention ablation
 FUSION_WIDTHS_NULLABLE = ("image_tokens",)  # null: not used by the configured form
 FUSION_WIDTH_LISTS = ("hidden",)  # concat's hidden layers are a list of widths (tfn's hidden is one width)
 
@@ -46,7 +48,8 @@ def require_number(cfg: DictConfig, key: str, example: str, minimum: float | Non
 
 
 def validate_fusion(cfg: DictConfig) -> None:
-    """Every width / count key of ``cfg.fusion`` (``FUSION_WIDTHS``) is an integer >= 1; ``dropout`` is in [0, 1]."""
+    """Every width / count key of ``cfg.fusion`` (``FUSION_WIDTHS``) is an integer >= 1 (>= 0 for
+    ``FUSION_WIDTH_MINIMUM``'s keys); ``dropout`` is in [0, 1]."""
     fusion = cfg.get("fusion")
     if fusion is None:
         return
@@ -59,12 +62,14 @@ def validate_fusion(cfg: DictConfig) -> None:
                     raise MMFuseError(f"{key}={list(v)}: item {i} ({width!r}) is not a width >= 1, e.g. "
                                       f"{key}=[{example}] (or [] for none)")
             continue
-        require_number(cfg, key, str(example), minimum=1, integer=True, optional=name in FUSION_WIDTHS_NULLABLE)
+        require_number(cfg, key, str(example), minimum=FUSION_WIDTH_MINIMUM.get(name, 1), integer=True,
+                       optional=name in FUSION_WIDTHS_NULLABLE)
     require_number(cfg, "fusion.dropout", "0.1", minimum=0, maximum=1)
 
 
 def validate_length(cfg: DictConfig) -> None:
-    """``trainer.max_epochs`` / ``max_steps``: integers >= -1 (-1: Lightning's no limit), not both unlimited.
+    """``trainer.max_epochs`` / ``max_steps``: integers >= -1 (-1: Lightning's no limit), not 0 (the run would
+    stop before its first step and report completed for an untrained model), not both unlimited.
 
     The learning-rate schedule is laid out over the run's length (``trainer.estimated_stepping_batches``),
     which an endless run does not have.
@@ -72,6 +77,10 @@ def validate_length(cfg: DictConfig) -> None:
     require_number(cfg, "trainer.max_epochs", "10", minimum=-1, integer=True, optional=True)
     require_number(cfg, "trainer.max_steps", "1000", minimum=-1, integer=True, optional=True)
     epochs, steps = _get(cfg, "trainer.max_epochs"), _get(cfg, "trainer.max_steps")
+    for key, v, example in (("trainer.max_epochs", epochs, "10"), ("trainer.max_steps", steps, "1000")):
+        if v == 0:
+            raise MMFuseError(f"{key}=0 trains nothing (the run would stop before its first step and report "
+                              f"completed). Fix: give at least 1, e.g. {key}={example}")
     if epochs == -1 and steps in (_MISSING, None, -1):
         raise MMFuseError(
             "trainer.max_epochs=-1 (Lightning's 'no limit') gives the run no end, and the learning-rate schedule "

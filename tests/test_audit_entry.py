@@ -360,3 +360,61 @@ def test_train_log_holds_what_the_run_printed_and_logged(tmp_path):
     assert f"  val/acc            {results['metrics']['val/acc']:.4f}\n" in log
     assert "[lightning.pytorch.utilities.rank_zero][INFO] - `Trainer.fit` stopped: `max_epochs=1` reached.\n" in log
     assert "Trainer.fit" not in proc.stderr  # not printed a second time by Lightning's own handler
+
+
+# -- a second and third signal ----------------------------------------------------------------------------------
+STUCK_CLEANUP = """
+import time
+from mmfuse.errors import RunInterrupted
+from mmfuse.interrupts import interrupt_on_signals
+with interrupt_on_signals():  # as cli.run_entry: train records how the run ended inside it
+    try:
+        print("running", flush=True)
+        time.sleep(60)
+    except RunInterrupted:
+        print("recording", flush=True)
+        time.sleep(60)  # a clean-up that hangs
+"""
+
+
+def test_a_second_signal_says_already_stopping_and_a_third_aborts_with_128_plus_its_number():
+    proc = subprocess.Popen([sys.executable, "-c", STUCK_CLEANUP], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline() == "running\n"
+        proc.send_signal(signal.SIGINT)
+        assert proc.stdout.readline() == "recording\n"
+        proc.send_signal(signal.SIGINT)
+        assert proc.stderr.readline() == (
+            "mmfuse: already stopping (recording results.json); press Ctrl-C again to abort now\n")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 130
+        assert proc.stderr.read() == "" and proc.stdout.read() == ""
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+# -- train.log: a progress bar's redraws ------------------------------------------------------------------------
+def test_the_job_log_gets_complete_lines_and_a_progress_bars_last_state_only(tmp_path):
+    import io
+    import logging
+
+    from mmfuse.joblog import _Tee
+
+    handler = logging.FileHandler(tmp_path / "train.log")
+    out = io.StringIO()
+    tee = _Tee(out, handler)
+    writes = ["\r", "Epoch 0:   0%|     | 0/4", "\r", "Epoch 0:  50%|##   | 2/4", "\rEpoch 0: 100%|#####| 4/4",
+              "\n", "[mmfuse] train ", "completed in 2.5 s\n", "\rValidation: 1/2\rValidation: 2/2",
+              "\r               \r", "  val/acc 0.6250\n  val/loss 0.5", "000\n", "\rTesting: 1/1", "\rTest", "ing: 1/1",
+              "\r\n", "not ended"]
+    for text in writes:
+        tee.write(text)
+    assert (tmp_path / "train.log").read_text() == (
+        "Epoch 0: 100%|#####| 4/4\n[mmfuse] train completed in 2.5 s\n  val/acc 0.6250\n  val/loss 0.5000\n"
+        "Testing: 1/1\n")
+    tee.close()
+    handler.close()
+    assert (tmp_path / "train.log").read_text().endswith("Testing: 1/1\nnot ended")
+    assert out.getvalue() == "".join(writes)  # the console gets everything

@@ -22,14 +22,16 @@ from typing import Any
 from mmfuse.errors import RunInterrupted
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+ALREADY_STOPPING = "mmfuse: already stopping (recording results.json); press Ctrl-C again to abort now\n"
 _installed = False
 
 
 @contextlib.contextmanager
 def interrupt_on_signals() -> Iterator[None]:
     """While inside, the first SIGINT or SIGTERM raises ``RunInterrupted`` in the main thread, wherever it is
-    (building the data, training, validating); later ones are ignored, so that the run can record how it
-    ended (a stuck run still ends with SIGKILL). Lightning's SIGTERM handler, installed during ``fit``,
+    (building the data, training, validating). The second only says so on stderr (``ALREADY_STOPPING``), so
+    that the run can record how it ended; the third ends the process at once (``os._exit(128 + n)``: a stuck
+    clean-up). Lightning's SIGTERM handler, installed during ``fit``,
     calls this one after its own.
 
     Re-entrant (an inner use is a no-op); outside the main thread nothing is installed. Processes forked
@@ -44,9 +46,15 @@ def interrupt_on_signals() -> Iterator[None]:
     def handler(signum: int, frame: Any) -> None:
         if os.getpid() != owner:
             _default_action(signum)
-        elif not received:
-            received.append(signum)
+            return
+        received.append(signum)
+        if len(received) == 1:
             raise RunInterrupted(signum)
+        if len(received) == 2:
+            os.write(2, ALREADY_STOPPING.encode())  # not sys.stderr: this may interrupt a write to it
+            return
+        signal.signal(signum, signal.SIG_DFL)
+        os._exit(128 + signum)
 
     previous = {s: signal.signal(s, handler) for s in SIGNALS}
     _installed = True

@@ -60,17 +60,44 @@ def lightning_logs_to_root() -> None:
         logger.propagate = True
 
 
+def last_state(line: str) -> str:
+    """What a terminal shows of ``line`` (no ``\\n``): the text after its last ``\\r`` (a progress bar
+    redraws itself with ``\\r``), a trailing ``\\r`` aside."""
+    return line.rstrip("\r").rsplit("\r", 1)[-1]
+
+
+def _kept(line: str) -> bool:
+    """Whether the job log gets ``line``: all but a redrawn line whose last state is blank."""
+    return "\r" not in line or bool(last_state(line).strip())
+
+
 class _Tee:
     """A text stream that writes to ``out`` and to the job log; anything else (``isatty``, ``encoding``,
-    ``fileno``) is ``out``'s."""
+    ``fileno``) is ``out``'s.
+
+    The job log gets complete lines only, each as a terminal shows it in the end (``last_state``): a progress
+    bar's ``\\r`` redraws are not copied, only its last state once its line ends, and a blank last state
+    (a bar that erased itself) not at all. A line not ended yet is written by ``close``.
+    """
 
     def __init__(self, out: TextIO, handler: logging.FileHandler) -> None:
         self._out, self._handler = out, handler
+        self._pending = ""  # the current line, since its last \r but one
 
     def write(self, text: str) -> int:
         n = self._out.write(text)
-        to_job_log(text, self._handler)
+        *lines, rest = (self._pending + text).split("\n")
+        shown = [last_state(ln) for ln in lines if _kept(ln)]
+        if shown:
+            to_job_log("".join(ln + "\n" for ln in shown), self._handler)
+        self._pending = rest[rest.rfind("\r", 0, len(rest) - 1) + 1:]
         return n
+
+    def close(self) -> None:
+        """Write the line not ended yet (not ``out``'s ``close``: ``out`` stays open)."""
+        if self._pending and _kept(self._pending):
+            to_job_log(last_state(self._pending), self._handler)
+        self._pending = ""
 
     def flush(self) -> None:
         self._out.flush()
@@ -86,8 +113,9 @@ def tee_stdout_to_job_log() -> Iterator[None]:
         yield
         return
     out = sys.stdout
-    sys.stdout = _Tee(out, handler)
+    sys.stdout = tee = _Tee(out, handler)
     try:
         yield
     finally:
         sys.stdout = out
+        tee.close()

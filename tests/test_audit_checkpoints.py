@@ -20,8 +20,7 @@ from mmfuse.evaluate import evaluate
 from mmfuse.train import train
 
 TINY = ("debug=fast", "data.num_train=48", "data.num_val=32", "data.num_test=16", "data.batch_size=16")
-RESUME_FIX = ("Fix: resume from the other checkpoint beside it (ckpt_path=<run dir>/checkpoints/best.ckpt), "
-              "or delete it to start the run afresh")
+NO_OTHER_FIX = "Fix: delete it to start the run afresh (there is no best.ckpt beside it to resume from)"
 OTHER_FIX = "Fix: give another checkpoint written by python train.py (e.g. best.ckpt beside it)"
 
 
@@ -41,6 +40,10 @@ def crafted(tmp_path: Path, name: str = "evil.ckpt") -> tuple[Path, Path]:
     torch.save({"mmfuse_config": {}, "state_dict": {}, "payload": WritesMarker(marker)}, path)
     assert not marker.exists()
     return path, marker
+
+
+def resume_fix(other: Path) -> str:
+    return f"Fix: resume from the other checkpoint beside it (ckpt_path={other}), or delete it to start the run afresh"
 
 
 def refused(field: str, path: Path, fix: str) -> str:
@@ -102,10 +105,10 @@ def test_resuming_from_a_crafted_checkpoint_runs_no_code(make_cfg, tmp_path):
     path, marker = crafted(tmp_path)
     with pytest.raises(MMFuseError) as e:
         CheckpointIO().load_checkpoint(path)  # what trainer.fit(ckpt_path=...) calls
-    assert str(e.value) == refused("ckpt_path", path, RESUME_FIX)
+    assert str(e.value) == refused("ckpt_path", path, NO_OTHER_FIX)
     with pytest.raises(MMFuseError) as e:
         train(make_cfg(*TINY, f"ckpt_path={path}"))
-    assert str(e.value) == refused("ckpt_path", path, RESUME_FIX)
+    assert str(e.value) == refused("ckpt_path", path, NO_OTHER_FIX)
     assert not marker.exists()
 
 
@@ -157,6 +160,7 @@ def test_a_corrupted_or_truncated_checkpoint_is_one_line_on_resume_eval_and_init
     whole = last.read_bytes()
     flip_byte(last, len(whole) // 2)
     differs = f"{last}: sha256 differs from last.ckpt.sha256.json (the file is corrupted)."
+    resume = resume_fix(run_dir / "checkpoints" / "best.ckpt")
     with pytest.raises(MMFuseError) as e:
         load_checkpoint(str(last))
     assert str(e.value) == f"ckpt_path={differs} {OTHER_FIX}"
@@ -167,7 +171,7 @@ def test_a_corrupted_or_truncated_checkpoint_is_one_line_on_resume_eval_and_init
     mark_unfinished(run_dir)  # a re-run resumes from last.ckpt: refused before anything is built
     with pytest.raises(MMFuseError) as e:
         train(make_cfg(*TINY))
-    assert str(e.value) == f"ckpt_path={differs} {RESUME_FIX}"
+    assert str(e.value) == f"ckpt_path={differs} {resume}"
     assert results(run_dir)["status"] == "failed" and results(run_dir)["error"] == f"MMFuseError: {e.value}"
 
     # 4. truncated (a run killed while an older mmfuse wrote it in place)
@@ -175,11 +179,11 @@ def test_a_corrupted_or_truncated_checkpoint_is_one_line_on_resume_eval_and_init
     with pytest.raises(MMFuseError) as e:
         train(make_cfg(*TINY))
     assert str(e.value) == (f"ckpt_path={last}: {len(whole) // 2} bytes, last.ckpt.sha256.json records {len(whole)} "
-                            f"(truncated or overwritten). {RESUME_FIX}")
+                            f"(truncated or overwritten). {resume}")
     (run_dir / "checkpoints" / "last.ckpt.sha256.json").unlink()  # as an older mmfuse left it
     with pytest.raises(MMFuseError) as e:
         train(make_cfg(*TINY))
-    assert str(e.value) == f"ckpt_path={last}: not a whole checkpoint file, truncated or damaged (File is not a zip file). {RESUME_FIX}"
+    assert str(e.value) == f"ckpt_path={last}: not a whole checkpoint file, truncated or damaged (File is not a zip file). {resume}"
     with pytest.raises(MMFuseError) as e:
         load_checkpoint(str(last))
     assert str(e.value) == (f"ckpt_path={last}: cannot be read as a checkpoint, truncated or damaged (RuntimeError: "
@@ -337,3 +341,155 @@ def test_run_disk_usage_counts_checkpoints_and_the_rest(tmp_path):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"x" * size)
     assert run_disk_usage(tmp_path) == {"checkpoints": 15, "other": 12}
+
+
+# --- 6. review: the fix names the real other file; reading races; hashing once; temporaries; umask; log
+
+def test_the_resume_fix_names_the_other_checkpoint_beside_the_damaged_one_or_none(tmp_path):
+    from mmfuse.checkpoint_io import check_checkpoint_file
+    last, best = tmp_path / "last.ckpt", tmp_path / "best.ckpt"
+    for path in (last, best):
+        save_checkpoint_file({"state_dict": {"w": torch.arange(1000.0)}}, path)
+        flip_byte(path, path.stat().st_size // 2)
+
+    def message(path: Path) -> str:
+        with pytest.raises(MMFuseError) as e:
+            check_checkpoint_file(path)
+        return str(e.value)
+
+    differs = "sha256 differs from {}.sha256.json (the file is corrupted)."
+    assert message(last) == f"ckpt_path={last}: {differs.format('last.ckpt')} {resume_fix(best)}"
+    assert message(best) == f"ckpt_path={best}: {differs.format('best.ckpt')} {resume_fix(last)}"
+    best.unlink()
+    assert message(last) == f"ckpt_path={last}: {differs.format('last.ckpt')} {NO_OTHER_FIX}"
+    last.rename(best)
+    best.with_name("last.ckpt.sha256.json").rename(best.with_name("best.ckpt.sha256.json"))
+    assert message(best) == (f"ckpt_path={best}: {differs.format('best.ckpt')} Fix: delete it to start the run "
+                             "afresh (there is no last.ckpt beside it to resume from)")
+
+
+def test_a_checkpoint_replaced_between_its_check_and_its_load_loads_the_file_that_was_checked(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    save_checkpoint_file({"state_dict": {"w": torch.arange(1000.0)}}, path)
+    real_load = torch.load
+
+    def replaced_first(*args, **kwargs):  # a run still training saves last.ckpt anew meanwhile
+        monkeypatch.setattr(torch, "load", real_load)
+        save_checkpoint_file({"state_dict": {"w": torch.zeros(1000)}}, path)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", replaced_first)
+    assert torch.equal(read_checkpoint(path)["state_dict"]["w"], torch.arange(1000.0))
+    assert torch.equal(read_checkpoint(path)["state_dict"]["w"], torch.zeros(1000))  # the new one, checked
+
+
+def test_a_checkpoint_replaced_after_it_was_opened_is_checked_again_on_the_new_file(tmp_path, monkeypatch):
+    from mmfuse import checkpoint_io
+    path = tmp_path / "last.ckpt"
+    save_checkpoint_file({"state_dict": {"w": torch.arange(1000.0)}}, path)
+    checkpoint_io._verified.clear()  # as in another process
+    real_checksum_path = checkpoint_io.checksum_path
+
+    def replaced_first(p):  # the old file is open, its checksum file not read yet: a run saves anew
+        monkeypatch.setattr(checkpoint_io, "checksum_path", real_checksum_path)
+        save_checkpoint_file({"state_dict": {"w": torch.zeros(1000)}}, path)
+        checkpoint_io._verified.clear()
+        return real_checksum_path(p)
+
+    monkeypatch.setattr(checkpoint_io, "checksum_path", replaced_first)
+    assert torch.equal(read_checkpoint(path)["state_dict"]["w"], torch.zeros(1000))
+
+
+class CountingSha256:
+    """``hashlib.sha256`` that records how many bytes each hash was fed."""
+
+    def __init__(self, real, fed: list[int]) -> None:
+        self.real, self.fed = real, fed
+
+    def __call__(self, *args, **kwargs):
+        h, fed, i = self.real(*args, **kwargs), self.fed, len(self.fed)
+        fed.append(0)
+
+        class Counted:
+            def update(self, data) -> None:
+                fed[i] += len(memoryview(data).cast("B"))
+                h.update(data)
+
+            def hexdigest(self) -> str:
+                return h.hexdigest()
+
+        return Counted()
+
+
+def test_a_checkpoint_is_hashed_once_when_written_and_once_per_process_when_resumed(tmp_path, monkeypatch):
+    import hashlib
+
+    from mmfuse import checkpoint_io
+    from mmfuse.checkpoint_io import check_checkpoint_file
+    fed: list[int] = []
+    monkeypatch.setattr(hashlib, "sha256", CountingSha256(hashlib.sha256, fed))
+    path = tmp_path / "last.ckpt"
+    save_checkpoint_file({"state_dict": {"w": torch.arange(1000.0)}}, path)
+    size = path.stat().st_size
+
+    def resume() -> int:  # what a resume does: resume.py checks the file, then Lightning loads it
+        fed.clear()
+        check_checkpoint_file(path)
+        CheckpointIO().load_checkpoint(path)
+        return fed.count(size)
+
+    assert fed.count(size) == 1  # while writing, not read back
+    assert resume() == 0  # written by this process
+    checkpoint_io._verified.clear()  # another process
+    assert resume() == 1
+    assert resume() == 0
+
+
+def test_a_resumed_run_removes_the_temporary_files_of_killed_saves_and_does_not_count_them(make_cfg):
+    cfg = make_cfg(*TINY, "test=false")
+    run_dir = Path(cfg.paths.output_dir)
+    train(cfg)
+    checkpoints = run_dir / "checkpoints"
+    whole = run_disk_usage(run_dir)["checkpoints"]
+    stale = [checkpoints / ".last.ckpt.k3x_9a0b.tmp", checkpoints / ".last.ckpt.sha256.json.0abcdefg.tmp"]
+    kept = [checkpoints / ".notes.tmp", checkpoints / "mine.tmp", run_dir / ".last.ckpt.k3x_9a0b.tmp"]
+    for p in stale + kept:
+        p.write_bytes(b"x" * 1000)
+    assert run_disk_usage(run_dir)["checkpoints"] == whole + 2000  # the two other files of checkpoints/
+    mark_unfinished(run_dir)
+    train(make_cfg(*TINY, "test=false"))
+    assert [p.exists() for p in stale + kept] == [False, False, True, True, True]
+
+
+def test_run_disk_usage_counts_temporary_checkpoint_files_as_other(tmp_path):
+    for rel, size in (("checkpoints/last.ckpt", 10), ("checkpoints/.last.ckpt.ab12cd34.tmp", 4),
+                      ("results.json", 7)):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x" * size)
+    assert run_disk_usage(tmp_path) == {"checkpoints": 10, "other": 11}
+
+
+def test_the_file_mode_is_found_without_setting_the_umask(tmp_path, monkeypatch):
+    from mmfuse.data import atomic
+
+    old = os.umask(0o027)
+    try:
+        def no_umask(mask):
+            raise AssertionError("os.umask called: a file another thread creates meanwhile gets mode 0666")
+        monkeypatch.setattr(os, "umask", no_umask)
+        assert oct(atomic.new_file_mode()) == oct(0o640)
+        atomic.atomic_write_json({"a": 1}, tmp_path / "x.json")
+    finally:
+        monkeypatch.undo()
+        os.umask(old)
+    assert oct((tmp_path / "x.json").stat().st_mode & 0o777) == oct(0o640)
+
+
+def test_checkpoint_saves_say_what_they_save_and_lightning_logs_no_default(make_cfg, caplog):
+    cfg = make_cfg(*TINY, "test=false", "callbacks=resumable", "callbacks.step_checkpoint.every_n_train_steps=1",
+                   "+trainer.max_steps=2")
+    with caplog.at_level(logging.INFO):
+        results = train(cfg)
+    assert (results["status"], results["steps"]) == ("completed", 2)
+    assert "`Trainer.fit` stopped: `max_steps=2` reached." in caplog.messages  # Lightning's INFO records are here
+    assert [m for m in caplog.messages if "weights_only" in m] == []

@@ -31,7 +31,7 @@ import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
 
-from mmfuse.checkpoint_io import check_checkpoint_file
+from mmfuse.checkpoint_io import check_checkpoint_file, remove_temporaries
 from mmfuse.data.samplers import ResumableLoader
 from mmfuse.errors import MMFuseError
 from mmfuse.results import FILENAME, read_results
@@ -80,8 +80,11 @@ def checkpoint_to_resume(cfg: DictConfig, run_dir: str | Path, previous: dict[st
 
     The file is checked before anything is built (checksum, a whole zip archive): a truncated or
     corrupted checkpoint is an MMFuseError naming it and the fix. Lightning loads it later through
-    ``mmfuse.checkpoint_io.CheckpointIO`` (``weights_only``)."""
+    ``mmfuse.checkpoint_io.CheckpointIO`` (``weights_only``). Resuming an unfinished run first removes
+    the temporary files its killed saves left in ``checkpoints/``."""
     run_dir = Path(run_dir)
+    if previous is not None and previous.get("status") != "completed" and is_global_zero():
+        remove_temporaries(run_dir / "checkpoints")
     ckpt = cfg.get("ckpt_path")
     if ckpt not in (None, ""):
         path = run_dir / "checkpoints" / "last.ckpt" if ckpt == "last" else Path(str(ckpt)).expanduser()
@@ -166,7 +169,7 @@ class StepCheckpoint(L.Callback):
                            batch_idx: int) -> None:
         step = trainer.global_step
         if step % self.every == 0 and step != self._saved_at:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)  # everything: weights, optimizer, loops
             self._saved_at = step
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -42,7 +42,7 @@ def final_metrics(trainer: L.Trainer, module: MMFuseModule, datamodule: Any, run
     metrics when asked for and the data has a test split."""
     if module.last_validated_step != trainer.global_step:
         trainer.validate(module, datamodule=datamodule, verbose=False)
-        trainer.save_checkpoint(last_checkpoint)
+        trainer.save_checkpoint(last_checkpoint, weights_only=False)  # everything, as the other saves
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     if run_test and datamodule.has_split("test"):
         trainer.test(module, datamodule=datamodule, verbose=False)

@@ -14,11 +14,33 @@ from pathlib import Path
 from typing import Any
 
 
-def new_file_mode() -> int:
-    """``0o666 & ~umask``: the mode ``open(path, "w")`` gives a new file."""
-    umask = os.umask(0)  # the only portable way to read it is to set it
+def _umask_now() -> int | None:
+    """The process's umask from ``/proc/self/status`` (Linux 4.7+), read without changing it; None elsewhere."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return None
+
+
+def _umask_at_import() -> int:
+    umask = os.umask(0)  # the only portable way to read it is to set it: once, at import, not per write
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+_UMASK_AT_IMPORT = _umask_at_import()
+
+
+def new_file_mode() -> int:
+    """``0o666 & ~umask``: the mode ``open(path, "w")`` gives a new file. The umask is read from
+    ``/proc/self/status`` where there is one, else it is the one at import: it is never set (setting it,
+    even for a moment, gives a file another thread creates meanwhile mode 0666)."""
+    umask = _umask_now()
+    return 0o666 & ~(_UMASK_AT_IMPORT if umask is None else umask)
 
 
 def _replace_from_temp(path: Path, write: Any) -> None:

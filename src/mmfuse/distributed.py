@@ -22,6 +22,8 @@ process becomes a supervisor, much like ``torchrun``:
   the ranks' clock starts then too (``MMFUSE_JOB_STARTED``), so that the time rank 0 prints is the job's;
 - SIGTERM to the supervisor (a scheduler's stop) is passed on to the ranks: rank 0 records the job as
   interrupted, and the job exits with 143 and the command that resumes it, as a one-process run does;
+- a rank stopped by SIGINT or SIGTERM (exit code 130 / 143: ``kill`` to one rank) stops the job the same way:
+  the signal is passed on to the other ranks and the job ends interrupted, not failed;
 - if a rank fails, the others are killed and the job's ``results.json`` says failed, naming the rank;
   the supervisor itself never joins the process group, so a sweep survives any rank failure, and the
   next job starts from a clean environment.
@@ -53,8 +55,17 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from mmfuse.data.atomic import atomic_write_json
 from mmfuse.errors import MMFuseError, RunInterrupted
-from mmfuse.joblog import lightning_logs_to_root
-from mmfuse.results import FILENAME, JOB_STARTED_ENV, mark_failed, read_results, utc_now
+from mmfuse.joblog import lightning_logs_to_root, tee_stdout_to_job_log
+from mmfuse.results import (
+    FILENAME,
+    JOB_STARTED_ENV,
+    CorruptRecord,
+    failure_fields,
+    mark_failed,
+    read_results,
+    utc_now,
+    utc_time,
+)
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +155,8 @@ def run_ranks(fn: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig, plan:
     """Run ``fn(cfg)`` on ``plan.processes`` ranks and return rank 0's results (``results.json``).
 
     A failed rank kills the others; the job's ``results.json`` then says failed with the rank's error
-    (``MMFuseError`` when the rank stopped on a user error, ``RankFailed`` otherwise).
+    (``MMFuseError`` when the rank stopped on a user error, ``RankFailed`` otherwise). A rank stopped by
+    SIGINT / SIGTERM raises ``RunInterrupted``: the job's ``results.json`` says interrupted.
     """
     from hydra.core.hydra_config import HydraConfig
 
@@ -159,7 +171,8 @@ def run_ranks(fn: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig, plan:
     world, port = plan.processes, free_port()
     preexec = _die_with_parent if sys.platform.startswith("linux") else None
     log.info("starting %d rank processes (logs: %s)", world, rank_log(run_dir, hydra_cfg.hydra.job.name, "<r>"))
-    started_at, t0, started = utc_now(), time.perf_counter(), time.time()
+    t0, started = time.perf_counter(), time.time()
+    started_at = utc_time(started)  # the ranks' MMFUSE_JOB_STARTED, to the second
     procs, messages = [], []  # messages: a pipe per rank for the one line of a user error
     for rank in range(world):
         read_fd, write_fd = os.pipe()
@@ -190,17 +203,27 @@ def run_ranks(fn: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig, plan:
     finally:
         for fd in messages:
             os.close(fd)
-    results = read_results(run_dir)
     if failed is None:
+        results = read_results(run_dir)
         if results is None:
             raise RuntimeError(f"all {world} ranks exited cleanly but {run_dir / FILENAME} is missing")
         return record_job_time(run_dir, results, started_at, time.perf_counter() - t0)
     rank, code = failed
+    try:
+        results = read_results(run_dir)
+    except CorruptRecord:  # the ranks' user error says what to do about it; it is left as it is
+        results, corrupt = None, True
+    else:
+        corrupt = False
+    stop = stopped_by(code, results)
+    if stop is not None:
+        record_interrupted(run_dir, results, stop)
+        raise stop
     logfile = rank_log(run_dir, hydra_cfg.hydra.job.name, rank)
     how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
     recorded = results.get("error") if results is not None and results.get("status") == "failed" else None
     if code == EXIT_USER_ERROR and user_errors[rank]:  # a config error: the same on every rank, one line
-        if recorded is None:
+        if recorded is None and not corrupt:
             mark_failed(run_dir, f"{MMFuseError.__name__}: {user_errors[rank]}", wall_time_s=time.perf_counter() - t0)
         raise MMFuseError(user_errors[rank])
     if rank != 0 or recorded is None:  # else rank 0 failed first and recorded why itself
@@ -208,6 +231,33 @@ def run_ranks(fn: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig, plan:
         results = mark_failed(run_dir, error + (f" (rank 0 then: {recorded})" if recorded else ""),
                               wall_time_s=time.perf_counter() - t0)
     raise RankFailed(results["error"])
+
+
+def stopped_by(code: int, results: dict[str, Any] | None) -> RunInterrupted | None:
+    """The signal that ended the job, if a rank ended on SIGINT / SIGTERM: its exit code ``128 + n`` (the
+    rank's ``RunInterrupted``), ``-n`` (killed by it before a handler was installed), or rank 0 recorded
+    ``status: interrupted``. None: the rank failed."""
+    signum = stop_signal(code)
+    if signum is not None:
+        return RunInterrupted(signum)
+    if results is not None and results.get("status") == "interrupted" and results.get("signal") in ("SIGINT", "SIGTERM"):
+        return RunInterrupted(signal.Signals[results["signal"]])
+    return None
+
+
+def stop_signal(code: int | None) -> int | None:
+    """SIGINT / SIGTERM if a rank's exit code says it ended on one (``128 + n`` or ``-n``), else None."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if code in (128 + signum, -signum):
+            return int(signum)
+    return None
+
+
+def record_interrupted(run_dir: Path, results: dict[str, Any] | None, stop: RunInterrupted) -> None:
+    """``results.json`` says interrupted by ``stop`` (rank 0 records that itself unless another rank was
+    signalled and rank 0 ended otherwise first, e.g. on the lost connection)."""
+    if results is not None and results.get("status") != "interrupted":
+        atomic_write_json({**results, **failure_fields(stop), "finished_at": utc_now()}, run_dir / FILENAME)
 
 
 def completed_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
@@ -285,10 +335,12 @@ def _forward_sigterm(procs: list[subprocess.Popen]) -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _wait(procs: list[subprocess.Popen], grace_s: float = 3.0) -> tuple[int, int] | None:
+def _wait(procs: list[subprocess.Popen], grace_s: float = 3.0, stop_grace_s: float = 30.0) -> tuple[int, int] | None:
     """Wait for every rank. On a failure, give the others ``grace_s`` seconds to end on their own, kill the
-    rest, and return the root cause ``(rank, exit code)``: a rank killed by a signal first, then the
-    lowest failed rank (a user error ends every rank the same way: rank 0's message is reported)."""
+    rest, and return the root cause ``(rank, exit code)``: a rank stopped by SIGINT / SIGTERM first, then
+    one killed by another signal, then the lowest failed rank (a user error ends every rank the same way: rank 0's
+    message is reported). A rank stopped by SIGINT / SIGTERM (``stop_signal``) has the signal passed on to
+    the others, which get ``stop_grace_s`` seconds to record how the run ended."""
     while True:
         codes = [p.poll() for p in procs]
         if any(c not in (None, 0) for c in codes):
@@ -296,13 +348,16 @@ def _wait(procs: list[subprocess.Popen], grace_s: float = 3.0) -> tuple[int, int
         if all(c == 0 for c in codes):
             return None
         time.sleep(0.2)
+    signalled = [stop_signal(c) for c in codes if stop_signal(c) is not None]
+    if signalled:
+        _stop(procs, signalled[0], grace_s=stop_grace_s)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline and any(p.poll() is None for p in procs):
         time.sleep(0.1)
     codes = [p.poll() for p in procs]
     _stop(procs, signal.SIGKILL)
     bad = [(r, c) for r, c in enumerate(codes) if c not in (None, 0)]
-    return min(bad, key=lambda rc: (rc[1] >= 0, rc[0]))
+    return min(bad, key=lambda rc: (stop_signal(rc[1]) is None and rc[1] >= 0, stop_signal(rc[1]) is None, rc[0]))
 
 
 def _stop(procs: list[subprocess.Popen], sig: int, grace_s: float = 30) -> None:
@@ -359,8 +414,17 @@ def worker_main() -> int:
     module, name = payload["fn"].split(":")
     fn = getattr(importlib.import_module(module), name)
     use_job_log_handlers(console=rank == 0)
+    return run_rank(fn, task, rank)
+
+
+def run_rank(fn: Callable[[DictConfig], Any], task: DictConfig, rank: int) -> int:
+    """``fn(task)`` on this rank, as its exit code: 0, ``EXIT_USER_ERROR`` (the one line of the error written
+    to ``MMFUSE_RANK_ERROR_FD``), 128 + signal number, or 1. Rank 0 prints to the console, so what it prints
+    (the run's summary) also goes to its job log (``joblog.tee_stdout_to_job_log``); the other ranks' stdout
+    is their log file already."""
     try:
-        fn(task)
+        with tee_stdout_to_job_log() if rank == 0 else contextlib.nullcontext():
+            fn(task)
     except MMFuseError as e:  # the supervisor reports it (one line)
         logging.getLogger("mmfuse").error("rank %d: %s", rank, e)
         if os.environ.get(ERROR_FD_ENV):

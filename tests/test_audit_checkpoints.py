@@ -328,6 +328,29 @@ def test_frozen_pretrained_encoders_can_be_left_out_of_checkpoints_and_are_put_b
                             "that source had then")
 
 
+def test_eval_rebuilds_a_left_out_frozen_encoder_from_the_weights_it_is_given(make_cfg, tmp_path):
+    weights = tmp_path / "tiny_cnn.pt"
+    torch.manual_seed(0)
+    torch.save(TinyCNN(width=64, image_size=32).state_dict(), weights)
+    cfg = make_cfg(*TINY, f"encoder.image.pretrained={weights}", "encoder.image.freeze=true", "test=false",
+                   "checkpoint_frozen_encoders=false")
+    first = train(cfg)
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    moved = tmp_path / "elsewhere" / "tiny_cnn.pt"
+    moved.parent.mkdir()
+    weights.rename(moved)  # the weights now live elsewhere (another machine's folder)
+    evaluated = evaluate(make_cfg(f"ckpt_path={last}", f"encoder.image.pretrained={moved}", subdir="eval",
+                                  config_name="eval"))
+    assert evaluated["metrics"] == pytest.approx(first["metrics"], abs=1e-6)
+
+
+def test_the_recorded_source_of_a_left_out_encoder_names_its_weights_and_folder():
+    from mmfuse.frozen_weights import source
+    assert source({"arch": "mobilenet_v2", "pretrained": True, "weights_dir": "/w"}) == "mobilenet_v2 default weights in /w"
+    assert source({"arch": "resnet50", "pretrained": "IMAGENET1K_V2", "weights_dir": None}) == "IMAGENET1K_V2"
+    assert source({"name_or_path": "/m/MiniLM", "pretrained": True}) == "/m/MiniLM"
+
+
 def test_frozen_encoders_with_random_weights_stay_in_checkpoints(make_cfg):
     cfg = make_cfg(*TINY, "encoder.image.freeze=true", "checkpoint_frozen_encoders=false", "test=false")
     train(cfg)  # frozen but random (pretrained=false): cannot be rebuilt, so stored

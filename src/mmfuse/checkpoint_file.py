@@ -23,8 +23,10 @@ from mmfuse.frozen_weights import put_back
 from mmfuse.module import CONFIG_KEY
 
 
-def load_checkpoint(path_value: Any, field: str = "ckpt_path") -> dict[str, Any]:
-    """The checkpoint at ``path_value`` as a dict; MMFuseError naming ``field`` when it is missing,
+def load_checkpoint(path_value: Any, field: str = "ckpt_path",
+                    sources: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The checkpoint at ``path_value`` as a dict, frozen encoders left out of it put back (rebuilt with
+    ``sources``: ``frozen_weights.put_back``); MMFuseError naming ``field`` when it is missing,
     unreadable or not written by ``train.py``."""
     if path_value in (None, "", "???"):
         raise MMFuseError(f"{field} is required: python eval.py {field}=<run dir>/checkpoints/last.ckpt")
@@ -36,7 +38,7 @@ def load_checkpoint(path_value: Any, field: str = "ckpt_path") -> dict[str, Any]
     if not isinstance(ckpt, dict) or CONFIG_KEY not in ckpt or "state_dict" not in ckpt:
         raise MMFuseError(f"{field}={path_value}: not an mmfuse checkpoint (it has no '{CONFIG_KEY}'); "
                           "give a checkpoint written by python train.py")
-    put_back(ckpt, f"{field}={path_value}")
+    put_back(ckpt, f"{field}={path_value}", sources=sources)
     return ckpt
 
 

@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mmfuse.builder import build_datamodule, build_module
 from mmfuse.checkpoint_file import load_checkpoint
+from mmfuse.frozen_weights import source_overrides
 from mmfuse.module import CONFIG_KEY
 from mmfuse.report import print_summary
 from mmfuse.results import RunRecord, failure_fields
@@ -149,7 +150,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     record = RunRecord(run_dir, kind="eval", ckpt_path=str(cfg.get("ckpt_path")), overrides=task_overrides(),
                        versions=versions())
     try:
-        ckpt = load_checkpoint(cfg.get("ckpt_path"))
+        ckpt = load_checkpoint(cfg.get("ckpt_path"), sources=source_overrides(task_overrides()))
         saved = ckpt[CONFIG_KEY]
         user = [o for o in task_overrides() if not o.startswith("ckpt_path=")]
         eval_cfg = compose(config_name="eval", overrides=merge_overrides(saved.get("overrides", []), user)

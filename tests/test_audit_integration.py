@@ -224,3 +224,16 @@ def test_a_sweep_report_counts_a_corrupt_record_as_corrupt(tmp_path, capsys):
 
 def _sweep_config(sweep_dir: Path):
     return OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}}})
+
+
+def test_after_a_terminals_ctrl_c_the_supervisor_waits_before_signalling_the_ranks_again():
+    """A terminal's Ctrl-C reaches the ranks too; the supervisor's own SIGINT to them would be their second
+    (rank 0: "already stopping"; a third aborts it). Ranks that end within ``settle_s`` get no signal."""
+    from mmfuse.distributed import _stop
+
+    quick = subprocess.Popen(["sleep", "0.3"])
+    _stop([quick], signal.SIGINT, grace_s=5, settle_s=5)
+    assert quick.returncode == 0  # ended by itself: not signalled
+    stuck = subprocess.Popen(["sleep", "60"])
+    _stop([stuck], signal.SIGINT, grace_s=5, settle_s=0.2)
+    assert stuck.returncode == -signal.SIGINT

@@ -193,8 +193,8 @@ def run_ranks(fn: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig, plan:
         with _forward_sigterm(procs):
             try:
                 failed = _wait(procs)
-            except KeyboardInterrupt:  # Ctrl-C reached the ranks too: let rank 0 record "interrupted"
-                _stop(procs, signal.SIGINT, grace_s=10)
+            except KeyboardInterrupt:  # a terminal's Ctrl-C reached the ranks too: let rank 0 record "interrupted"
+                _stop(procs, signal.SIGINT, grace_s=10, settle_s=5)
                 raise
             except BaseException:  # SIGTERM (already forwarded to the ranks) or an error here
                 _stop(procs, signal.SIGKILL)
@@ -360,8 +360,15 @@ def _wait(procs: list[subprocess.Popen], grace_s: float = 3.0, stop_grace_s: flo
     return min(bad, key=lambda rc: (stop_signal(rc[1]) is None and rc[1] >= 0, stop_signal(rc[1]) is None, rc[0]))
 
 
-def _stop(procs: list[subprocess.Popen], sig: int, grace_s: float = 30) -> None:
-    """Send ``sig`` to the ranks still running; SIGKILL those still there after ``grace_s`` seconds."""
+def _stop(procs: list[subprocess.Popen], sig: int, grace_s: float = 30, settle_s: float = 0) -> None:
+    """Send ``sig`` to the ranks still running after ``settle_s`` seconds; SIGKILL those still there
+    ``grace_s`` seconds later. ``settle_s`` is for a signal the ranks may have had already (a terminal's
+    Ctrl-C reaches its whole process group): sent again at once, it would be their second and tell rank 0
+    to abort while it records how the run ended."""
+    settled = time.monotonic() + settle_s
+    for p in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(timeout=max(0.0, settled - time.monotonic()))
     for p in procs:
         if p.poll() is None:
             with contextlib.suppress(ProcessLookupError):

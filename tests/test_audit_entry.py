@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shlex
 import signal
@@ -294,16 +295,24 @@ def test_atomic_files_get_the_umasks_mode(tmp_path, umask, mode):
      "over its length. Fix: give a number of epochs, e.g. trainer.max_epochs=10, or of optimizer steps, e.g. "
      "+trainer.max_steps=1000"),
     (("+trainer.max_steps=-2",), "trainer.max_steps=-2 must be >= -1, e.g. trainer.max_steps=1000"),
-    (("trainer.max_epochs=0",), "trainer.max_epochs=0 trains nothing (the run would stop before its first step and "
-     "report completed). Fix: give at least 1, e.g. trainer.max_epochs=10"),
     (("+trainer.max_steps=0",), "trainer.max_steps=0 trains nothing (the run would stop before its first step and "
-     "report completed). Fix: give at least 1, e.g. trainer.max_steps=1000"),
+     "report completed). Fix: give at least 1, e.g. trainer.max_steps=1000, or trainer.max_epochs=0 to evaluate the "
+     "starting weights on purpose"),
     (("fusion=mult", "fusion.self_layers=-1"), "fusion.self_layers=-1 must be >= 0, e.g. fusion.self_layers=1"),
 ])
 def test_bad_values_are_refused_with_one_line(make_cfg, overrides, message):
     with pytest.raises(MMFuseError) as refused:
         validate_train_config(make_cfg(*overrides))
     assert str(refused.value) == message
+
+
+def test_no_epochs_evaluates_the_starting_weights_and_says_so(make_cfg, caplog):
+    """``trainer.max_epochs=0`` is how a run evaluates its starting weights (``init_from`` or a fresh model,
+    tests/test_train.py): allowed, but never silently."""
+    with caplog.at_level(logging.WARNING, logger="mmfuse.validate"):
+        validate_train_config(make_cfg("trainer.max_epochs=0"))
+    assert [r.getMessage() for r in caplog.records] == [
+        "trainer.max_epochs=0: nothing is trained; the run evaluates its starting weights (results.json: steps 0)"]
 
 
 @pytest.mark.parametrize("group", ["fusion", "experiment", "debug"])

@@ -153,7 +153,7 @@ def test_run_ranks_gives_each_rank_the_jobs_start_time(make_cfg, monkeypatch):
 
 # -- eval.py: how a run ended -----------------------------------------------------------------------------------
 def _eval_that_raises(make_cfg, monkeypatch, exc: BaseException) -> tuple[BaseException, dict]:
-    def load_checkpoint(path):
+    def load_checkpoint(path, **kwargs):
         raise exc
 
     monkeypatch.setattr(evaluate_module, "load_checkpoint", load_checkpoint)

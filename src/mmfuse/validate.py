@@ -3,6 +3,7 @@ something other than what was asked (a fusion of width 0 has no parameters; ``lr
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -10,6 +11,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mmfuse.errors import MMFuseError
 
+log = logging.getLogger(__name__)
 _MISSING = object()
 
 # the widths and counts of every fusion (conf/fusion/*.yaml), each with an example value: integers >= 1, or
@@ -77,10 +79,13 @@ def validate_length(cfg: DictConfig) -> None:
     require_number(cfg, "trainer.max_epochs", "10", minimum=-1, integer=True, optional=True)
     require_number(cfg, "trainer.max_steps", "1000", minimum=-1, integer=True, optional=True)
     epochs, steps = _get(cfg, "trainer.max_epochs"), _get(cfg, "trainer.max_steps")
-    for key, v, example in (("trainer.max_epochs", epochs, "10"), ("trainer.max_steps", steps, "1000")):
-        if v == 0:
-            raise MMFuseError(f"{key}=0 trains nothing (the run would stop before its first step and report "
-                              f"completed). Fix: give at least 1, e.g. {key}={example}")
+    if steps == 0:
+        raise MMFuseError("trainer.max_steps=0 trains nothing (the run would stop before its first step and report "
+                          "completed). Fix: give at least 1, e.g. trainer.max_steps=1000, or trainer.max_epochs=0 to "
+                          "evaluate the starting weights on purpose")
+    if epochs == 0:
+        log.warning("trainer.max_epochs=0: nothing is trained; the run evaluates its starting weights (results.json: "
+                    "steps 0)")
     if epochs == -1 and steps in (_MISSING, None, -1):
         raise MMFuseError(
             "trainer.max_epochs=-1 (Lightning's 'no limit') gives the run no end, and the learning-rate schedule "

@@ -10,14 +10,14 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mmfuse.errors import MMFuseError
+from mmfuse.fusion.base import EXAMPLES, is_positive_int
 
 log = logging.getLogger(__name__)
 _MISSING = object()
 
-# the widths and counts of every fusion (conf/fusion/*.yaml), each with an example value: integers >= 1, or
-# >= FUSION_WIDTH_MINIMUM[key] (the fusions' own constructor checks)
-FUSION_WIDTHS = {"dim": 256, "mm_dim": 128, "chunks": 8, "rank": 4, "heads": 4, "layers": 2, "self_layers": 1,
-                 "ff_mult": 2, "sketch_dim": 1024, "factor": 5, "order": 2, "hidden": 32, "image_tokens": 64}
+# the widths and counts of every fusion (with examples): integers >= 1, or >= FUSION_WIDTH_MINIMUM[key]
+# (the fusions' own constructor checks)
+FUSION_WIDTHS = EXAMPLES
 FUSION_WIDTH_MINIMUM = {"self_layers": 0}  # mult: 0 self-attention layers is the no-self-attention ablation
 FUSION_WIDTHS_NULLABLE = ("image_tokens",)  # null: not used by the configured form
 FUSION_WIDTH_LISTS = ("hidden",)  # concat's hidden layers are a list of widths (tfn's hidden is one width)
@@ -60,7 +60,7 @@ def validate_fusion(cfg: DictConfig) -> None:
         v = _get(cfg, key)
         if name in FUSION_WIDTH_LISTS and isinstance(v, (list, ListConfig)):
             for i, width in enumerate(v):
-                if not (isinstance(width, int) and not isinstance(width, bool) and width >= 1):
+                if not is_positive_int(width):
                     raise MMFuseError(f"{key}={list(v)}: item {i} ({width!r}) is not a width >= 1, e.g. "
                                       f"{key}=[{example}] (or [] for none)")
             continue
@@ -70,8 +70,9 @@ def validate_fusion(cfg: DictConfig) -> None:
 
 
 def validate_length(cfg: DictConfig) -> None:
-    """``trainer.max_epochs`` / ``max_steps``: integers >= -1 (-1: Lightning's no limit), not 0 (the run would
-    stop before its first step and report completed for an untrained model), not both unlimited.
+    """``trainer.max_epochs`` / ``max_steps``: integers >= -1 (-1: Lightning's no limit), not both unlimited;
+    ``max_steps`` not 0 (the run would stop before its first step and report completed for an untrained
+    model); ``max_epochs=0`` evaluates the starting weights on purpose, with a warning.
 
     The learning-rate schedule is laid out over the run's length (``trainer.estimated_stepping_batches``),
     which an endless run does not have.

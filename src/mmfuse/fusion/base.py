@@ -42,9 +42,10 @@ def linear_params(d_in: int, d_out: int) -> int:
     return (d_in + 1) * d_out
 
 
-# an example value of each width / count, for the error messages (``fusion.<name>=<example>``)
-EXAMPLES = {"dim": 256, "mm_dim": 128, "chunks": 8, "rank": 4, "layers": 2, "ff_mult": 2, "sketch_dim": 1024,
-            "factor": 5, "order": 2, "hidden": 32, "image_tokens": 64}
+# every width / count key of the fusions (conf/fusion/*.yaml) with an example value, for the error
+# messages (``fusion.<name>=<example>``) here and in mmfuse.validate
+EXAMPLES = {"dim": 256, "mm_dim": 128, "chunks": 8, "rank": 4, "heads": 4, "layers": 2, "self_layers": 1,
+            "ff_mult": 2, "sketch_dim": 1024, "factor": 5, "order": 2, "hidden": 32, "image_tokens": 64}
 
 
 def is_positive_int(value: object) -> bool:

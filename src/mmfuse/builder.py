@@ -19,7 +19,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
@@ -27,19 +27,29 @@ from mmfuse.checkpoint_io import CheckpointIO
 from mmfuse.datamodule import MMFuseDataModule
 from mmfuse.errors import MMFuseError
 from mmfuse.features import FeatureCache, cache_settings
+from mmfuse.fusion.base import ordered_dims
+from mmfuse.fusion.pairs import ContextPairs
 from mmfuse.model import FusionModel
 from mmfuse.module import MMFuseModule
 from mmfuse.tasks.base import Task
 
-FUSION_META_KEYS = ("stage",)  # documented in every conf/fusion/*.yaml, checked against the class
+# documented in conf/fusion/*.yaml: stage (checked against the class); context (pairwise fusions: the modality
+# each other one is paired with when a run has more than two, mmfuse.fusion.pairs)
+FUSION_META_KEYS = ("stage", "context")
 SPEED_KEYS = ("channels_last", "compile", "float32_matmul_precision")  # trainer keys that are not Trainer args
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
-def build_fusion(cfg: DictConfig, image_dim: int, text_dim: int) -> Any:
+def build_fusion(cfg: DictConfig, dims: dict[str, int]) -> Any:
+    """The fusion of ``cfg.fusion`` over ``dims = {modality: width}``; a pairwise fusion given more than two
+    modalities is applied to each (modality, ``fusion.context``) pair (``mmfuse.fusion.pairs``)."""
     meta = {k: cfg.fusion.get(k) for k in FUSION_META_KEYS}
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.fusion, resolve=True).items() if k not in FUSION_META_KEYS}
-    fusion = instantiate(kwargs, image_dim=image_dim, text_dim=text_dim)
+    dims = ordered_dims("fusion", dims)
+    if getattr(get_class(kwargs["_target_"]), "arity", "n") == "pair" and len(dims) > 2:
+        fusion = ContextPairs(dims, lambda pair: instantiate(kwargs, dims=pair), meta["context"] or "text")
+    else:
+        fusion = instantiate(kwargs, dims=dims)
     if meta["stage"] is not None and meta["stage"] != fusion.stage:
         raise MMFuseError(
             f"conf/fusion: stage={meta['stage']!r} but {type(fusion).__name__}.stage={fusion.stage!r}; "

@@ -20,14 +20,28 @@ class EncoderOutput(NamedTuple):
     mask: torch.Tensor
 
 
-class LateOutput(NamedTuple):
-    """What a late fusion returns: one embedding per modality, combined by the task (``[B, D]`` each)."""
+# The modalities mmfuse knows, in the canonical order: a run's inputs, a fusion's ``dims`` and every
+# per-modality table follow it (text last, so that a pair is (image | video | audio, text)).
+MODALITIES: tuple[str, ...] = ("image", "video", "audio", "text")
 
-    image: torch.Tensor
-    text: torch.Tensor
+
+class LateOutput(dict):
+    """What a late fusion returns: one embedding per modality ``{name: [B, D]}``, combined by the task.
+
+    A ``dict`` in ``MODALITIES`` order; ``out.image`` reads ``out["image"]``.
+    """
+
+    def __getattr__(self, name: str) -> torch.Tensor:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
 
 
 # How an image-text pair was made, for ITM batches (``batch["pair_type"]`` indexes this tuple).
 # "positive" is the true caption; the rest are kinds of negative (see mmfuse.data.shapes.negatives;
 # "hard" is a negative mined as the most similar wrong caption).
-PAIR_TYPES: tuple[str, ...] = ("positive", "other", "color", "shape", "relation", "binding", "hard")
+# "direction" / "order" are the video negatives of data=shapes_video (an event's direction reversed, the two
+# events swapped). New types are appended: the indices of the old ones never change.
+PAIR_TYPES: tuple[str, ...] = ("positive", "other", "color", "shape", "relation", "binding", "hard",
+                               "direction", "order")

@@ -1,6 +1,7 @@
 """The one interface every fusion implements.
 
-``Fusion(image_dim, text_dim, **options)``; ``forward(image: EncoderOutput, text: EncoderOutput)``
+``Fusion(dims, **options)`` with ``dims = {modality: width}`` in ``mmfuse.types.MODALITIES`` order
+(``{"image": Dx, "text": Dy}`` for an image-text run); ``forward(inputs: {modality: EncoderOutput})``
 returns the fused representation ``[B, out_dim]`` (``stage`` early / mid) or a ``LateOutput`` of
 per-modality embeddings (``stage`` late) that the task combines.
 
@@ -8,23 +9,32 @@ Class attributes:
 - ``stage``: ``"early" | "mid" | "late"`` (``"none"`` for unimodal baselines);
 - ``needs_tokens``: True when the fusion reads ``tokens`` / ``mask``, not only ``pooled``; such a
   fusion must give the same output whatever padding (``mask == False``) is appended;
-- ``uses_image`` / ``uses_text``: False only for the unimodal baselines.
+- ``arity``: ``"n"`` (its formula is written for any number of modalities, ``min_inputs`` or more) or
+  ``"pair"`` (``PairFusion``: two inputs ``x``, ``y``; with more modalities the builder applies the
+  pairwise rule of ``mmfuse.fusion.pairs``); ``max_inputs`` caps ``"n"`` fusions that have a cap;
+- ``uses``: the modalities the fusion reads (all of ``dims``, except for the unimodal baselines).
+
+Parameters that belong to one modality are registered as ``<part>_<modality>`` (``proj_image``,
+``proj_text``, ...), one per modality in ``dims`` order, so that an image-text fusion keeps the state
+dict keys (and the initialisation order) it had when fusions took exactly two inputs.
 
 Every fusion states its parameter count in closed form (``param_formula``, the same arithmetic as its
-docstring); the tests check it against the built module for several sizes, which catches parameters
-that are never registered (MultiBench's low-rank fusion kept its factors in a Python list).
+docstring, written for N modalities); the tests check it against the built module for several sizes
+and for 2 and 3 modalities, which catches parameters that are never registered (MultiBench's
+low-rank fusion kept its factors in a Python list).
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
 from mmfuse.errors import MMFuseError
-from mmfuse.types import EncoderOutput, LateOutput
+from mmfuse.types import MODALITIES, EncoderOutput, LateOutput
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "identity": nn.Identity}
 
@@ -64,19 +74,52 @@ def require_positive(owner: str, **values: object) -> None:
             raise MMFuseError(f"fusion.{name}={value!r} for {owner}: must be a positive integer, e.g. {example}")
 
 
+def ordered_dims(owner: str, dims: Mapping[str, int]) -> dict[str, int]:
+    """``dims`` in ``MODALITIES`` order, each a known modality with a positive width; else one line."""
+    unknown = [m for m in dims if m not in MODALITIES]
+    if unknown:
+        raise MMFuseError(f"{owner}: unknown modalities {unknown}; known: {list(MODALITIES)}")
+    for m, width in dims.items():
+        if not is_positive_int(width):
+            raise MMFuseError(f"{owner}: the {m} encoder's width is {width!r}; it must be a positive integer")
+    return {m: int(dims[m]) for m in MODALITIES if m in dims}
+
+
 class Fusion(nn.Module):
     stage: str = "mid"
     needs_tokens: bool = False
-    uses_image: bool = True
-    uses_text: bool = True
+    arity: str = "n"
+    min_inputs: int = 2
+    max_inputs: int | None = None
     out_dim: int
 
-    def __init__(self, image_dim: int, text_dim: int) -> None:
+    def __init__(self, dims: Mapping[str, int]) -> None:
         super().__init__()
-        self.image_dim = image_dim
-        self.text_dim = text_dim
+        owner = f"fusion {type(self).__name__}"
+        self.dims = ordered_dims(owner, dims)
+        self.modalities = tuple(self.dims)
+        n = len(self.modalities)
+        if n < self.min_inputs or (self.max_inputs is not None and n > self.max_inputs):
+            most = "any number" if self.max_inputs is None else self.max_inputs
+            raise MMFuseError(
+                f"{owner} fuses {self.min_inputs} to {most} modalities; this run has {n} "
+                f"({', '.join(self.modalities) or 'none'}): set the encoder.<modality> groups (or =none) to match")
 
-    def forward(self, image: EncoderOutput, text: EncoderOutput) -> torch.Tensor | LateOutput:
+    @property
+    def uses(self) -> tuple[str, ...]:
+        """The modalities this fusion reads."""
+        return self.modalities
+
+    def per_modality(self, part: str, make: Callable[[str, int], nn.Module]) -> None:
+        """Register ``make(modality, width)`` as ``<part>_<modality>`` for each modality, in order."""
+        for m, width in self.dims.items():
+            self.add_module(f"{part}_{m}", make(m, width))
+
+    def part(self, part: str, modality: str) -> nn.Module:
+        """The ``<part>_<modality>`` module of ``per_modality``."""
+        return getattr(self, f"{part}_{modality}")
+
+    def forward(self, inputs: Mapping[str, EncoderOutput]) -> torch.Tensor | LateOutput:
         raise NotImplementedError
 
     @staticmethod
@@ -85,11 +128,38 @@ class Fusion(nn.Module):
         raise NotImplementedError
 
     @classmethod
-    def expected_params(cls, image_dim: int, text_dim: int, **options: Any) -> int:
-        """``param_formula`` with the constructor's defaults for the options not given."""
-        bound = inspect.signature(cls).bind(image_dim, text_dim, **options)
+    def expected_params(cls, dims: Mapping[str, int], **options: Any) -> int:
+        """``param_formula`` with the constructor's defaults for the options not given (``dims`` ordered)."""
+        bound = inspect.signature(cls).bind(ordered_dims(cls.__name__, dims), **options)
         bound.apply_defaults()
         return cls.param_formula(**bound.arguments)
+
+
+class PairFusion(Fusion):
+    """A fusion defined on two inputs: ``x`` (``self.x``, the first modality in ``MODALITIES`` order)
+    and ``y`` (``self.y``: text when text is one of them). With more than two modalities the builder
+    wraps it in ``mmfuse.fusion.pairs.ContextPairs`` (one copy per pair with ``fusion.context``)."""
+
+    arity = "pair"
+    max_inputs = 2
+
+    def __init__(self, dims: Mapping[str, int]) -> None:
+        super().__init__(dims)
+        self.x, self.y = self.modalities
+
+    @property
+    def dim_x(self) -> int:
+        return self.dims[self.x]
+
+    @property
+    def dim_y(self) -> int:
+        return self.dims[self.y]
+
+
+def pair_dims(dims: Mapping[str, int]) -> tuple[int, int]:
+    """``(Dx, Dy)`` of a pairwise fusion's ``dims`` (for ``param_formula``)."""
+    dx, dy = ordered_dims("pairwise fusion", dims).values()
+    return dx, dy
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

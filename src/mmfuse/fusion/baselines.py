@@ -1,51 +1,59 @@
 """Unimodal baselines: a fusion that looks at one modality only.
 
-A model that scores well with one of these has found a shortcut in the data (the caption or the image
-alone gives the label away). On the shapes data both must stay at chance.
+A model that scores well with one of these has found a shortcut in the data (the caption, the image,
+the clip or the sound alone gives the label away). On the shapes data they must stay at chance.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 
-from mmfuse.fusion.base import Fusion, linear_params
+from mmfuse.errors import MMFuseError
+from mmfuse.fusion.base import Fusion, linear_params, require_positive
 from mmfuse.types import EncoderOutput
 
 
-class ImageOnly(Fusion):
-    """``z = relu(A x)``: ignores the text. Parameters: ``(Dx + 1) dim``."""
+class UnimodalFusion(Fusion):
+    """``z = relu(A x_m)`` for the one modality ``m = modality``; ignores the others.
+    Parameters: ``(D_m + 1) dim``."""
 
     stage = "none"
-    uses_text = False
+    min_inputs = 1
 
-    def __init__(self, image_dim: int, text_dim: int, dim: int = 256) -> None:
-        super().__init__(image_dim, text_dim)
+    def __init__(self, dims: Mapping[str, int], modality: str = "image", dim: int = 256) -> None:
+        super().__init__(dims)
+        require_positive("unimodal baseline", dim=dim)
+        if modality not in self.dims:
+            raise MMFuseError(f"fusion.modality={modality!r}: this run has no {modality} encoder (its modalities: "
+                              f"{', '.join(self.modalities)}); set fusion.modality to one of them")
+        self.modality = modality
         self.out_dim = dim
-        self.proj = nn.Linear(image_dim, dim)
+        self.proj = nn.Linear(self.dims[modality], dim)
+
+    @property
+    def uses(self) -> tuple[str, ...]:
+        return (self.modality,)
 
     @staticmethod
-    def param_formula(image_dim: int, dim: int, **_: object) -> int:
-        return linear_params(image_dim, dim)
+    def param_formula(dims: Mapping[str, int], modality: str, dim: int, **_: object) -> int:
+        return linear_params(dims[modality], dim)
 
-    def forward(self, image: EncoderOutput, text: EncoderOutput) -> torch.Tensor:
-        return torch.relu(self.proj(image.pooled))
+    def forward(self, inputs: Mapping[str, EncoderOutput]) -> torch.Tensor:
+        return torch.relu(self.proj(inputs[self.modality].pooled))
 
 
-class TextOnly(Fusion):
-    """``z = relu(B y)``: ignores the image. Parameters: ``(Dy + 1) dim``."""
+class ImageOnly(UnimodalFusion):
+    """``fusion=image_only``: ``UnimodalFusion`` of the image."""
 
-    stage = "none"
-    uses_image = False
+    def __init__(self, dims: Mapping[str, int], modality: str = "image", dim: int = 256) -> None:
+        super().__init__(dims, modality, dim)
 
-    def __init__(self, image_dim: int, text_dim: int, dim: int = 256) -> None:
-        super().__init__(image_dim, text_dim)
-        self.out_dim = dim
-        self.proj = nn.Linear(text_dim, dim)
 
-    @staticmethod
-    def param_formula(text_dim: int, dim: int, **_: object) -> int:
-        return linear_params(text_dim, dim)
+class TextOnly(UnimodalFusion):
+    """``fusion=text_only``: ``UnimodalFusion`` of the text."""
 
-    def forward(self, image: EncoderOutput, text: EncoderOutput) -> torch.Tensor:
-        return torch.relu(self.proj(text.pooled))
+    def __init__(self, dims: Mapping[str, int], modality: str = "text", dim: int = 256) -> None:
+        super().__init__(dims, modality, dim)

@@ -1,6 +1,8 @@
-"""Late fusion: each modality is embedded on its own; the task combines the two at the very end."""
+"""Late fusion: each modality is embedded on its own; the task combines them at the very end."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from torch import nn
 
@@ -9,25 +11,26 @@ from mmfuse.types import EncoderOutput, LateOutput
 
 
 class LateFusion(Fusion):
-    """``u = A x``, ``v = B y`` (``∈ R^dim``), returned as ``LateOutput(u, v)``: no interaction inside.
+    """``u_m = A_m x_m ∈ R^dim`` for each modality, returned as ``LateOutput({m: u_m})``: no
+    interaction inside.
 
-    The task combines them: for matching (ITM) the dual-encoder score ``s · cos(u, v) + b``
-    (``tasks.heads.SimilarityHead``, CLIP / ALIGN style); a classification task would average or
-    weight the per-modality logits. Parameters: ``(Dx + 1) dim + (Dy + 1) dim``.
+    The task combines them: for matching (ITM) the dual-encoder score ``s · cos(u, v) + b`` of the text
+    and the other modality (``tasks.heads.SimilarityHead``, CLIP / ALIGN style; with more modalities,
+    ``s`` times the mean cosine of the text with each other modality, plus ``b``); classification sums
+    the per-modality heads' logits. Parameters: ``Σ_m (D_m + 1) dim``.
     """
 
     stage = "late"
 
-    def __init__(self, image_dim: int, text_dim: int, dim: int = 256) -> None:
-        super().__init__(image_dim, text_dim)
+    def __init__(self, dims: Mapping[str, int], dim: int = 256) -> None:
+        super().__init__(dims)
         require_positive("late", dim=dim)
         self.out_dim = dim
-        self.proj_image = nn.Linear(image_dim, dim)
-        self.proj_text = nn.Linear(text_dim, dim)
+        self.per_modality("proj", lambda m, width: nn.Linear(width, dim))
 
     @staticmethod
-    def param_formula(image_dim: int, text_dim: int, dim: int, **_: object) -> int:
-        return linear_params(image_dim, dim) + linear_params(text_dim, dim)
+    def param_formula(dims: Mapping[str, int], dim: int, **_: object) -> int:
+        return sum(linear_params(d, dim) for d in dims.values())
 
-    def forward(self, image: EncoderOutput, text: EncoderOutput) -> LateOutput:
-        return LateOutput(self.proj_image(image.pooled), self.proj_text(text.pooled))
+    def forward(self, inputs: Mapping[str, EncoderOutput]) -> LateOutput:
+        return LateOutput({m: self.part("proj", m)(inputs[m].pooled) for m in self.modalities})

@@ -1,0 +1,51 @@
+"""The rule for a pairwise fusion given more than two modalities: each one paired with a context.
+
+``z = [f_{m_1}(x_{m_1}, x_c); …; f_{m_k}(x_{m_k}, x_c)]`` for the modalities ``m_i ≠ c`` in
+``MODALITIES`` order, where ``c = fusion.context`` (text by default: the caption or question that each
+of the other inputs is read against) and each ``f_m`` is its own copy of the pairwise fusion (its own
+parameters). ``out_dim = Σ_m out_dim(f_m)``; parameters ``Σ_m P_f(D_m, D_c)``. With two modalities the
+builder builds the pairwise fusion itself, so its state dict keys are those of an image-text run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from mmfuse.errors import MMFuseError
+from mmfuse.fusion.base import Fusion, ordered_dims
+from mmfuse.types import EncoderOutput
+
+
+def context_pairs(dims: Mapping[str, int], context: str) -> list[dict[str, int]]:
+    """The ``dims`` of each pair ``(m, context)``, ``m`` in order; one line when ``context`` is absent."""
+    dims = ordered_dims("fusion", dims)
+    if context not in dims:
+        raise MMFuseError(f"fusion.context={context!r}: this run has no {context} encoder (its modalities: "
+                          f"{', '.join(dims)}); set fusion.context to the modality each other one is fused with, "
+                          f"e.g. fusion.context={next(iter(dims))}")
+    return [ordered_dims("fusion", {m: d, context: dims[context]}) for m, d in dims.items() if m != context]
+
+
+class ContextPairs(Fusion):
+    """A pairwise fusion over N > 2 modalities by the context rule of this module."""
+
+    def __init__(self, dims: Mapping[str, int], make: Callable[[dict[str, int]], Fusion], context: str = "text") -> None:
+        super().__init__(dims)
+        self.context = context
+        pairs = context_pairs(self.dims, context)
+        self.pairs = nn.ModuleDict({next(m for m in pair if m != context): make(pair) for pair in pairs})
+        first = next(iter(self.pairs.values()))
+        self.stage, self.needs_tokens = first.stage, first.needs_tokens
+        self.out_dim = sum(f.out_dim for f in self.pairs.values())
+
+    def forward(self, inputs: Mapping[str, EncoderOutput]) -> torch.Tensor:
+        return torch.cat([f({m: inputs[m], self.context: inputs[self.context]}) for m, f in self.pairs.items()], -1)
+
+    @staticmethod
+    def expected_params_of(cls: type[Fusion], dims: Mapping[str, int], context: str = "text", **options: Any) -> int:
+        """``Σ_m P_f(D_m, D_c)`` of ``cls`` with ``options``."""
+        return sum(cls.expected_params(pair, **options) for pair in context_pairs(dims, context))

@@ -14,11 +14,13 @@ mapping sets ``dynamic``) and ``float32_matmul_precision`` (``highest | high | m
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import replace
 from typing import Any
 
 import lightning as L
 import torch
+from hydra._internal.utils import _locate
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
@@ -32,6 +34,7 @@ from mmfuse.fusion.pairs import ContextPairs
 from mmfuse.model import FusionModel
 from mmfuse.module import MMFuseModule
 from mmfuse.tasks.base import Task
+from mmfuse.types import MODALITIES
 
 # documented in conf/fusion/*.yaml: stage (checked against the class); context (pairwise fusions: the modality
 # each other one is paired with when a run has more than two, mmfuse.fusion.pairs)
@@ -58,13 +61,34 @@ def build_fusion(cfg: DictConfig, dims: dict[str, int]) -> Any:
     return fusion
 
 
+def configured_modalities(cfg: DictConfig) -> tuple[str, ...]:
+    """The modalities whose ``encoder.<modality>`` group selects an encoder (not ``none``), in order."""
+    encoders = cfg.get("encoder") or {}
+    return tuple(m for m in MODALITIES if (encoders.get(m) or {}).get("_target_"))
+
+
+def build_encoders(cfg: DictConfig) -> dict[str, Any]:
+    return {m: instantiate(cfg.encoder[m]) for m in configured_modalities(cfg)}
+
+
+def _accepts(target_cfg: DictConfig, name: str) -> bool:
+    """Whether the ``_target_`` of ``target_cfg`` takes a keyword ``name`` (or ``**kwargs``)."""
+    params = inspect.signature(_locate(target_cfg._target_)).parameters
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
 def build_model(cfg: DictConfig) -> tuple[FusionModel, Task]:
-    image_encoder = instantiate(cfg.encoder.image)
-    text_encoder = instantiate(cfg.encoder.text)
-    fusion = build_fusion(cfg, image_encoder.out_dim, text_encoder.out_dim)
+    encoders = build_encoders(cfg)
+    dims = {m: enc.out_dim for m, enc in encoders.items()}
+    fusion = build_fusion(cfg, dims)
+    extra = {"modalities": tuple(dims)} if _accepts(cfg.task, "modalities") else {}
+    # image_dim: the width of the modality ITM / retrieval match against the text (image, video or audio)
     task = instantiate(cfg.task, in_dim=fusion.out_dim, fusion_stage=fusion.stage,
-                       image_dim=image_encoder.out_dim, text_dim=text_encoder.out_dim)
-    return FusionModel(image_encoder, text_encoder, fusion), task
+                       image_dim=dims.get("image", dims.get("video", dims.get("audio"))), text_dim=dims.get("text"),
+                       **extra)
+    model = FusionModel(encoders.get("image"), encoders.get("text"), fusion,
+                        video_encoder=encoders.get("video"), audio_encoder=encoders.get("audio"))
+    return model, task
 
 
 def build_module(cfg: DictConfig, saved_config: dict[str, Any] | None = None) -> MMFuseModule:
@@ -86,9 +110,10 @@ def apply_speed_options(module: MMFuseModule, trainer_cfg: Any) -> None:
     channels_last = trainer_cfg.get("channels_last", False)
     if channels_last not in (True, False):
         raise MMFuseError(f"trainer.channels_last={channels_last!r}: expected true or false")
-    convolutions = sum(isinstance(m, torch.nn.Conv2d) for m in model.image_encoder.modules())
+    image_encoder = model.image_encoder
+    convolutions = sum(isinstance(m, torch.nn.Conv2d) for m in image_encoder.modules()) if image_encoder else 0
     if channels_last and convolutions > 1:  # a CNN (a ViT's one patch-embedding convolution is not)
-        model.image_encoder.to(memory_format=torch.channels_last)
+        image_encoder.to(memory_format=torch.channels_last)
         model.image_memory_format = torch.channels_last
     mode = trainer_cfg.get("compile", False)
     if mode is False or mode is None:
@@ -101,7 +126,7 @@ def apply_speed_options(module: MMFuseModule, trainer_cfg: Any) -> None:
         raise MMFuseError(f"trainer.compile={mode!r}: expected false, true, a torch.compile mode {COMPILE_MODES} "
                           "or a mapping of torch.compile arguments, e.g. trainer.compile={backend:eager}")
     model.dynamic_shapes = "dynamic" not in kwargs
-    for part in (model.image_encoder, model.text_encoder, model.fusion, getattr(module.task, "head", None)):
+    for part in (*model.encoders.values(), model.fusion, getattr(module.task, "head", None)):
         if part is not None:
             part.compile(**kwargs)
 
@@ -113,14 +138,16 @@ def build_feature_cache(cfg: DictConfig, model: FusionModel) -> FeatureCache | N
         return None
     if settings.num_workers is None:
         settings = replace(settings, num_workers=int(cfg.data.get("num_workers", 0) or 0))
-    configs = {side: OmegaConf.to_container(cfg.encoder[side], resolve=True) for side in ("image", "text")}
+    configs = {side: OmegaConf.to_container(cfg.encoder[side], resolve=True) for side in model.encoders}
     cache = FeatureCache(model, settings, configs)
     return cache if cache.cached_sides() else None
 
 
 def build_datamodule(cfg: DictConfig, module: MMFuseModule) -> MMFuseDataModule:
     datamodule = instantiate(cfg.data)
-    datamodule.attach(module.model.image_encoder.transform, module.model.text_encoder.tokenizer)
+    encoders = module.model.encoders
+    datamodule.attach(**{m: (enc.tokenizer if m == "text" else enc.transform) for m, enc in encoders.items()})
+    datamodule.check_modalities(tuple(encoders), f"data={cfg.data.get('_target_', '?').rsplit('.', 1)[-1]}")
     datamodule.feature_cache = build_feature_cache(cfg, module.model)
     return datamodule
 

@@ -1,9 +1,11 @@
 """The LightningDataModule base that every dataset builds on.
 
 A subclass implements ``build_split(name) -> Dataset`` for ``name`` in ``("train", "val", "test")``
-(returning ``None`` for a split it does not have). The builder calls ``attach(image_transform,
-tokenizer)`` with the encoders' own preprocessing before ``setup``, so the data always matches the
-weights. A tokenizer with ``fitted == False`` (a vocabulary built from data) is fitted on
+(returning ``None`` for a split it does not have), and states the modalities its batches carry
+(``modalities``, in ``MODALITIES`` order; image + text unless it says otherwise). The builder calls
+``attach(image=..., text=..., video=..., audio=...)`` with each configured encoder's own preprocessing
+(an image / video transform, the tokenizer, an audio resampler) before ``setup``, so the data always
+matches the weights, and ``check_modalities`` so that an encoder the data cannot feed is one line. A tokenizer with ``fitted == False`` (a vocabulary built from data) is fitted on
 ``train_texts()`` first. When the builder sets ``feature_cache`` (frozen encoders, ``cache`` not off),
 ``setup`` hands the built splits to it, and frozen encoders' inputs are replaced by cached features.
 ``pin_memory: auto`` pins batches when the trainer runs on a CUDA device. Training batches are drawn
@@ -63,14 +65,30 @@ class MMFuseDataModule(L.LightningDataModule):
             raise MMFuseError(f"data.pin_memory={pin_memory!r}: expected true, false or auto")
         self.pin_memory = pin_memory
         self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
+        self.transforms: dict[str, Any] = {}
         self.image_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
         self.tokenizer: Any = None
         self.splits: dict[str, Dataset | None] = {}
         self.feature_cache: Any = None
 
-    def attach(self, image_transform: Callable[[torch.Tensor], torch.Tensor], tokenizer: Any) -> None:
-        self.image_transform = image_transform
-        self.tokenizer = tokenizer
+    modalities: tuple[str, ...] = ("image", "text")
+
+    def attach(self, image: Callable[[torch.Tensor], torch.Tensor] | None = None, text: Any = None, *,
+               video: Callable[[torch.Tensor], torch.Tensor] | None = None, audio: Any = None) -> None:
+        """Each configured encoder's preprocessing: ``self.transforms[modality]`` (the tokenizer is also
+        ``self.tokenizer``, the image transform ``self.image_transform``)."""
+        given = {"image": image, "video": video, "audio": audio, "text": text}
+        self.transforms = {m: t for m, t in given.items() if t is not None}
+        self.image_transform = image
+        self.tokenizer = text
+
+    def check_modalities(self, configured: tuple[str, ...], where: str) -> None:
+        """One line when a configured encoder's modality is not among the data's ``modalities``."""
+        missing = [m for m in configured if m not in self.modalities]
+        if missing:
+            raise MMFuseError(
+                f"{where} provides {', '.join(self.modalities)}, but encoder.{missing[0]} is configured and the data "
+                f"has no {missing[0]}: set encoder.{missing[0]}=none, or choose a dataset with {missing[0]}")
 
     # -- to implement -------------------------------------------------------------------------------
     def build_split(self, name: str) -> Dataset | None:
@@ -88,15 +106,16 @@ class MMFuseDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        if self.image_transform is None or self.tokenizer is None:
-            raise RuntimeError("call datamodule.attach(image_transform, tokenizer) before setup()")
+        if not self.transforms:
+            raise RuntimeError("call datamodule.attach(image=..., text=..., ...) with the encoders' preprocessing "
+                               "before setup()")
         self.prepare_tokenizer()
         self.splits = {name: self.build_split(name) for name in SPLITS}
         if self.feature_cache is not None:
             self.splits = self.feature_cache.wrap(self.splits, trainer=self.trainer)
 
     def prepare_tokenizer(self) -> None:
-        if getattr(self.tokenizer, "fitted", True) is False:
+        if self.tokenizer is not None and getattr(self.tokenizer, "fitted", True) is False:
             self.tokenizer.fit(self.train_texts())
 
     def _loader(self, name: str, train: bool) -> DataLoader | None:

@@ -1,4 +1,4 @@
-"""The pure-PyTorch model: two encoders and a fusion (no Lightning, so plain loops can use it too)."""
+"""The pure-PyTorch model: one encoder per modality and a fusion (no Lightning, so plain loops can use it too)."""
 
 from __future__ import annotations
 
@@ -9,18 +9,28 @@ import torch
 from torch import nn
 
 from mmfuse.encoders.base import Encoder
+from mmfuse.errors import MMFuseError
 from mmfuse.fusion.base import Fusion
-from mmfuse.types import EncoderOutput, LateOutput
+from mmfuse.types import MODALITIES, EncoderOutput, LateOutput
+
+# what each modality's encoder reads from a batch (``<modality>_features`` replaces it, see below)
+BATCH_KEYS = {"image": ("image",), "video": ("video",), "audio": ("audio",), "text": ("input_ids", "attention_mask")}
 
 
 class FusionModel(nn.Module):
-    """``fusion(image_encoder(batch["image"]), text_encoder(batch["input_ids"], batch["attention_mask"]))``.
+    """``fusion({m: encoder_m(batch) for each modality m})``: for image + text,
+    ``fusion({"image": image_encoder(batch["image"]), "text": text_encoder(batch["input_ids"],
+    batch["attention_mask"])})``; video reads ``batch["video"] [B, T, 3, H, W]`` (and ``video_mask
+    [B, T]`` when frames are padded), audio ``batch["audio"] [B, S]`` and ``audio_mask [B, S]``.
 
-    A batch may carry precomputed encoder outputs instead (``image_features`` / ``text_features``, as
+    The model's modalities are those with an encoder (``image_encoder``, ``video_encoder``,
+    ``audio_encoder``, ``text_encoder``; each may be None), in ``MODALITIES`` order; each encoder is
+    the submodule ``<modality>_encoder``, so image-text checkpoints keep their keys.
+    A batch may carry precomputed encoder outputs instead (``<modality>_features``, an
     ``EncoderOutput``), as the feature cache provides; then that encoder is not run, and floating
     features are cast to the default dtype (the cache may store float16). A fully frozen encoder
     runs under ``torch.no_grad()``. ``encoded_samples`` counts the samples each encoder
-    has encoded (the feature cache encodes through ``encode_image`` / ``encode_text`` too).
+    has encoded (the feature cache encodes through ``encode`` too).
     ``image_memory_format`` (``torch.channels_last`` for CNNs on a GPU) is applied to the images
     before the image encoder.
 
@@ -33,21 +43,66 @@ class FusionModel(nn.Module):
     the text encoder only: its token states are cut back to the batch's length.
     """
 
-    def __init__(self, image_encoder: Encoder, text_encoder: Encoder, fusion: Fusion) -> None:
+    def __init__(self, image_encoder: Encoder | None, text_encoder: Encoder | None, fusion: Fusion,
+                 video_encoder: Encoder | None = None, audio_encoder: Encoder | None = None) -> None:
         super().__init__()
-        self.image_encoder = image_encoder
-        self.text_encoder = text_encoder
+        given = {"image": image_encoder, "video": video_encoder, "audio": audio_encoder, "text": text_encoder}
+        for m in MODALITIES:
+            setattr(self, f"{m}_encoder", given[m])
+        self.modalities = tuple(m for m in MODALITIES if given[m] is not None)
+        if not self.modalities:
+            raise MMFuseError("the model has no encoder: configure at least one of encoder.image, encoder.video, "
+                              "encoder.audio, encoder.text")
         self.fusion = fusion
-        self.encoded_samples = {"image": 0, "text": 0}
+        self.encoded_samples = {m: 0 for m in self.modalities}
         self.image_memory_format = torch.contiguous_format
         self.dynamic_shapes = False
         pad_id = getattr(getattr(getattr(text_encoder, "tokenizer", None), "tokenizer", None), "pad_token_id", None)
         self.text_pad_id = pad_id if isinstance(pad_id, int) else 0
 
+    @property
+    def encoders(self) -> dict[str, Encoder]:
+        """``{modality: encoder}`` in ``MODALITIES`` order."""
+        return {m: getattr(self, f"{m}_encoder") for m in self.modalities}
+
+    @property
+    def item_modality(self) -> str:
+        """The modality matched against the text in ITM and retrieval (image, video or audio): the one
+        modality besides text; one line when there is not exactly one."""
+        items = [m for m in self.modalities if m != "text"]
+        if "text" not in self.modalities or len(items) != 1:
+            raise MMFuseError(f"matching and retrieval pair text with one other modality; this model has "
+                              f"{', '.join(self.modalities)}: configure text and one of image / video / audio")
+        return items[0]
+
+    def encode(self, modality: str, batch: dict[str, Any]) -> EncoderOutput:
+        """The ``modality`` encoder's output for ``batch`` (or its cached ``<modality>_features``)."""
+        if modality not in self.modalities:
+            raise MMFuseError(f"the model has no {modality} encoder (its modalities: {', '.join(self.modalities)})")
+        return getattr(self, f"encode_{modality}")(batch)
+
+    def encode_video(self, batch: dict[str, Any]) -> EncoderOutput:
+        if "video_features" in batch:
+            return self._cast(batch["video_features"])
+        video = _required(batch, "video")
+        self.encoded_samples["video"] += video.shape[0]
+        self._mark_dynamic(video, 0)
+        with _no_grad_if(self.video_encoder.fully_frozen):
+            return self.video_encoder(video, batch.get("video_mask"))
+
+    def encode_audio(self, batch: dict[str, Any]) -> EncoderOutput:
+        if "audio_features" in batch:
+            return self._cast(batch["audio_features"])
+        audio = _required(batch, "audio")
+        self.encoded_samples["audio"] += audio.shape[0]
+        self._mark_dynamic(audio, 0)
+        with _no_grad_if(self.audio_encoder.fully_frozen):
+            return self.audio_encoder(audio, batch.get("audio_mask"))
+
     def encode_image(self, batch: dict[str, Any]) -> EncoderOutput:
         if "image_features" in batch:
             return self._cast(batch["image_features"])
-        images = batch["image"]
+        images = _required(batch, "image")
         self.encoded_samples["image"] += images.shape[0]
         if self.image_memory_format is not torch.contiguous_format:
             images = images.contiguous(memory_format=self.image_memory_format)
@@ -58,7 +113,7 @@ class FusionModel(nn.Module):
     def encode_text(self, batch: dict[str, Any]) -> EncoderOutput:
         if "text_features" in batch:
             return self._cast(batch["text_features"])
-        self.encoded_samples["text"] += batch["input_ids"].shape[0]
+        self.encoded_samples["text"] += _required(batch, "input_ids").shape[0]
         ids, mask = batch["input_ids"], batch["attention_mask"]
         length = ids.shape[1]
         if self.dynamic_shapes:
@@ -94,13 +149,25 @@ class FusionModel(nn.Module):
             for dim in dims:
                 torch._dynamo.maybe_mark_dynamic(tensor, dim)
 
+    def encode_all(self, batch: dict[str, Any]) -> dict[str, EncoderOutput]:
+        """``{modality: encoder output}`` for every modality of the model, in order."""
+        inputs = {m: self.encode(m, batch) for m in self.modalities}
+        for m, out in inputs.items():
+            self._mark_dynamic(out.pooled, 0)
+            # the batch size; the text length too (for the others the number of tokens is fixed)
+            self._mark_dynamic(out.tokens, *((0, 1) if m == "text" else (0,)))
+            self._mark_dynamic(out.mask, *((0, 1) if m == "text" else (0,)))
+        return inputs
+
     def forward(self, batch: dict[str, Any]) -> torch.Tensor | LateOutput:
-        image, text = self.encode_image(batch), self.encode_text(batch)
-        for t in (*image, text.pooled):
-            self._mark_dynamic(t, 0)
-        self._mark_dynamic(text.tokens, 0, 1)  # the text length
-        self._mark_dynamic(text.mask, 0, 1)
-        return self.fusion(image, text)
+        return self.fusion(self.encode_all(batch))
+
+
+def _required(batch: dict[str, Any], key: str) -> torch.Tensor:
+    if key not in batch:
+        raise MMFuseError(f"the batch has no {key!r} (its keys: {sorted(batch)}): the dataset does not provide the "
+                          f"input of a configured encoder; set that encoder.<modality>=none or choose a dataset that has it")
+    return batch[key]
 
 
 def _no_grad_if(condition: bool) -> contextlib.AbstractContextManager:

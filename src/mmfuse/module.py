@@ -22,7 +22,7 @@ class MMFuseModule(L.LightningModule):
 
     ``optimizer`` and ``scheduler`` are partials (Hydra ``_partial_: true``): ``optimizer(params)`` and
     ``scheduler(optimizer, total_steps=...)`` (stepped every optimizer step). ``lr_mult`` scales the
-    learning rate of each part (``image_encoder``, ``text_encoder``, ``fusion``, ``head``). ``config`` is the run's
+    learning rate of each part (``<modality>_encoder`` for each encoder, ``fusion``, ``head``). ``config`` is the run's
     resolved config; it is saved in every checkpoint under ``"mmfuse_config"`` so that the model can be
     rebuilt from the checkpoint alone. ``checkpoint_frozen_encoders=False`` leaves frozen pretrained
     encoders out of the checkpoints (``mmfuse.frozen_weights``; put back from the run's own on resume).
@@ -120,7 +120,7 @@ class MMFuseModule(L.LightningModule):
         self._log_epoch("test")
 
     def parts(self) -> dict[str, torch.nn.Module]:
-        return {"image_encoder": self.model.image_encoder, "text_encoder": self.model.text_encoder,
+        return {**{f"{m}_encoder": enc for m, enc in self.model.encoders.items()},
                 "fusion": self.model.fusion, "head": self.task}
 
     def param_groups(self) -> list[dict[str, Any]]:
@@ -149,7 +149,7 @@ class MMFuseModule(L.LightningModule):
         if not self.checkpoint_frozen_encoders:
             encoder_cfgs = (self.config.get("config") or {}).get("encoder") or {}
             left_out = leave_out(checkpoint["state_dict"], self._encoders(),
-                                 {side: encoder_cfgs.get(side) or {} for side in ("image", "text")})
+                                 {side: encoder_cfgs.get(side) or {} for side in self.model.encoders})
             if left_out:
                 checkpoint[FROZEN_KEY] = left_out
 
@@ -158,7 +158,7 @@ class MMFuseModule(L.LightningModule):
         put_back(checkpoint, f"ckpt_path={getattr(self._trainer, 'ckpt_path', None)}", self._encoders())
 
     def _encoders(self) -> dict[str, torch.nn.Module]:
-        return {"image": self.model.image_encoder, "text": self.model.text_encoder}
+        return self.model.encoders
 
 
 def _batch_size(batch: dict[str, Any]) -> int:

@@ -10,8 +10,7 @@ from torch import nn
 def count_parameters(module: nn.Module) -> dict[str, int]:
     """Total and trainable parameters, and the total of each part of the model."""
     model = module.model
-    parts = {"image_encoder": model.image_encoder, "text_encoder": model.text_encoder,
-             "fusion": model.fusion, "head": module.task}
+    parts = {**{f"{m}_encoder": enc for m, enc in model.encoders.items()}, "fusion": model.fusion, "head": module.task}
     out = {name: sum(p.numel() for p in part.parameters()) for name, part in parts.items()}
     out["total"] = sum(p.numel() for p in module.parameters())
     out["trainable"] = sum(p.numel() for p in module.parameters() if p.requires_grad)

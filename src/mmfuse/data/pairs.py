@@ -9,7 +9,8 @@ A split is described by:
 
 Batches are dicts: ``image`` (transformed, float), ``input_ids``, ``attention_mask`` (trimmed to the
 longest text in the batch), ``image_id`` / ``text_id`` (indices into the split's images / texts,
-for retrieval and for feature caches) and the fields.
+for retrieval and for feature caches) and the fields. ``image_id`` is what ITM and retrieval read as
+the index of the item a text belongs to; datasets of clips or sounds give it too (the clip's index).
 
 A store that returns features instead of pixels (a feature cache) has ``features(indices) ->
 EncoderOutput``; its batches carry ``image_features`` / ``text_features`` instead of pixels / ids,

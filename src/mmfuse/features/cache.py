@@ -77,10 +77,11 @@ class FeatureCache:
         self._encoder_identity: dict[str, dict[str, Any]] = {}
 
     # -- which sides -----------------------------------------------------------------------------
-    def encoder(self, side: str) -> torch.nn.Module:
-        return self.model.image_encoder if side == "image" else self.model.text_encoder
+    def encoder(self, side: str) -> torch.nn.Module | None:
+        return getattr(self.model, f"{side}_encoder", None)
 
     def cached_sides(self) -> list[str]:
+        """The frozen image / text encoders of the model (video and audio inputs are not cached yet)."""
         return [side for side in SIDES if getattr(self.encoder(side), "fully_frozen", False)]
 
     @property

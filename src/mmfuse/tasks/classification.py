@@ -16,6 +16,7 @@ over the classes / labels where it is defined (both outcomes present); NaN where
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -72,7 +73,7 @@ class ClassificationTask(Task):
 
     def __init__(self, in_dim: int, fusion_stage: str, num_classes: int | None = None,
                  label_type: str = "multiclass", head: str = "mlp", hidden_dim: int = 256,
-                 dropout: float = 0.0, **_: Any) -> None:
+                 dropout: float = 0.0, modalities: Sequence[str] = ("image", "text"), **_: Any) -> None:
         super().__init__()
         if label_type not in LABEL_TYPES:
             raise MMFuseError(f"task.label_type={label_type!r}: expected one of {LABEL_TYPES} "
@@ -82,7 +83,7 @@ class ClassificationTask(Task):
                               "e.g. data.num_classes=10 with data=jsonl")
         self.label_type = label_type
         self.num_classes = int(num_classes)
-        self.head = build_task_head(head, in_dim, self.num_classes, fusion_stage, hidden_dim, dropout)
+        self.head = build_task_head(head, in_dim, self.num_classes, fusion_stage, hidden_dim, dropout, modalities)
         self.metrics = nn.ModuleDict({
             s: MetricCollection({**_metrics(label_type, self.num_classes), "loss": MeanMetric()}, compute_groups=False)
             for s in STAGES

@@ -111,8 +111,10 @@ class ITMTask(Task):
 
     def pair_logits(self, model: nn.Module, image: EncoderOutput, text: EncoderOutput,
                     image_idx: torch.Tensor, text_idx: torch.Tensor) -> torch.Tensor:
-        """The ITM logit of each pair ``(image[image_idx[p]], text[text_idx[p]])``."""
-        return self.head(model.fusion(select(image, image_idx), select(text, text_idx))).squeeze(-1)
+        """The ITM logit of each pair ``(image[image_idx[p]], text[text_idx[p]])``; "image" is the item the
+        text is matched with (``model.item_modality``: an image, a video clip or a sound)."""
+        inputs = {model.item_modality: select(image, image_idx), "text": select(text, text_idx)}
+        return self.head(model.fusion(inputs)).squeeze(-1)
 
     def score_pairs(self, model: nn.Module, image: EncoderOutput, text: EncoderOutput,
                     image_idx: torch.Tensor, text_idx: torch.Tensor) -> torch.Tensor:
@@ -150,7 +152,7 @@ class ITMTask(Task):
         return (*in_batch_negatives(image_ids, itc_sim.detach()), PAIR_TYPES.index("hard"))
 
     def _positives_step(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
-        image, text = model.encode_image(batch), model.encode_text(batch)
+        image, text = model.encode(model.item_modality, batch), model.encode("text", batch)
         image_ids = batch["image_id"]
         b = len(image_ids)
         loss = torch.zeros((), device=image.pooled.device)

@@ -59,9 +59,10 @@ class DualEncoderTask(Task):
                               f"a fused vector ({type(model.fusion).__name__}); use fusion=late, or a mid / "
                               "early fusion through task=retrieval's ITM scorer (it is chosen by the stage)")
         keep = batch["label"] > 0.5 if "label" in batch else torch.ones_like(batch["image_id"], dtype=torch.bool)
-        u, v, ids = out.image[keep], out.text[keep], batch["image_id"][keep]
+        item = model.item_modality  # the image, clip or sound the text is matched with
+        u, v, ids = out[item][keep], out["text"][keep], batch["image_id"][keep]
         per_pair = info_nce(u, v, ids, self.scale(), reduction="none")
-        loss = per_pair.mean() if len(per_pair) else out.image.sum() * 0.0
+        loss = per_pair.mean() if len(per_pair) else out[item].sum() * 0.0
         return loss, {"loss": per_pair.detach(), "keep": keep,
                       "image": F.normalize(as_float(u.detach()), dim=-1),
                       "text": F.normalize(as_float(v.detach()), dim=-1)}

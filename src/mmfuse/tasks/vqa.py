@@ -17,6 +17,7 @@ error, never scored against its targets. So the metric does not follow the train
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -50,10 +51,11 @@ class VQATask(Task):
     monitor_mode = "max"
 
     def __init__(self, in_dim: int, fusion_stage: str, num_answers: int = 3129, head: str = "mlp",
-                 hidden_dim: int = 512, dropout: float = 0.0, **_: Any) -> None:
+                 hidden_dim: int = 512, dropout: float = 0.0, modalities: Sequence[str] = ("image", "text"),
+                 **_: Any) -> None:
         super().__init__()
         self.num_answers = int(num_answers)
-        self.head = build_task_head(head, in_dim, self.num_answers, fusion_stage, hidden_dim, dropout)
+        self.head = build_task_head(head, in_dim, self.num_answers, fusion_stage, hidden_dim, dropout, modalities)
         self.metrics = nn.ModuleDict({s: MetricCollection({"vqa_acc": MeanMetric(), "loss": MeanMetric()},
                                                           compute_groups=False) for s in STAGES})
 

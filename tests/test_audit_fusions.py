@@ -145,9 +145,9 @@ def test_nl_gate_multibench_form_gives_zeros_at_padded_image_positions_below_n()
 
 def test_nl_gate_multibench_form_needs_the_image_token_count():
     with pytest.raises(MMFuseError, match=r"^fusion.image_tokens is unset \(nl_gate form=multibench"):
-        fusion_class("nl_gate")(DX, DY, dim=4, form="multibench")
+        fusion_class("nl_gate")({"image": DX, "text": DY}, dim=4, form="multibench")
     with pytest.raises(MMFuseError, match=r"fusion.form='nonlocal' \(nl_gate\): expected one of"):
-        fusion_class("nl_gate")(DX, DY, dim=4, form="nonlocal")
+        fusion_class("nl_gate")({"image": DX, "text": DY}, dim=4, form="nonlocal")
     f = build("nl_gate", dim=4, form="multibench", image_tokens=N_IMG - 2)
     with pytest.raises(MMFuseError, match=rf"^fusion.image_tokens={N_IMG - 2} \(nl_gate form=multibench\) but the "
                                           rf"image encoder gives up to {N_IMG} real tokens: set fusion.image_tokens"):

@@ -62,6 +62,7 @@ def test_logmel_frames_formula(backbone):
         assert out.pooled.shape == (len(lengths), 48)
         assert out.mask.sum(1).tolist() == real
         assert torch.isfinite(out.pooled).all()
+        torch.testing.assert_close(enc(audio, mask.long()).pooled, out.pooled, atol=0, rtol=0)  # a 0/1 mask
     empty = enc(*right_padded([0, 50], 400))
     assert not empty.pooled[0].any(), "a clip without samples pools to zeros"
 

@@ -119,6 +119,7 @@ class LogMelEncoder(Encoder):
         """``[B, S]`` -> log-mel ``[B, n_mels, F]`` (float32) and the frame mask ``[B, F]``."""
         if mask is None:
             mask = torch.ones(audio.shape, dtype=torch.bool, device=audio.device)
+        mask = mask.bool()
         with torch.autocast(audio.device.type, enabled=False):
             wave = torch.where(mask, audio.float(), torch.zeros((), device=audio.device))
             logmel = torch.log(self.melspec(wave) + LOG_FLOOR)

@@ -295,3 +295,16 @@ def test_the_video_encoders_frame_transform_resizes_every_frame():
     clip = dm.rendered("val").video[3]
     assert batch["video"].shape == (2, 8, 3, 16, 16)
     assert torch.equal(batch["video"][1], ImageTransform(16, (0.5,) * 3, (0.25,) * 3)(clip))
+
+
+def test_the_audio_encoders_transform_resamples_and_keeps_the_pitch():
+    from mmfuse.encoders.audio_transform import AudioTransform
+
+    dm = attached()
+    dm.transforms = {"audio": AudioTransform(8000)}
+    s, idx = dm.rendered("val"), torch.arange(6)
+    batch = dm.build_split("val")[idx]
+    assert batch["audio"].shape == (6, 8000) and batch["audio_mask"].shape == (6, 8000) and "video" not in batch
+    for i in idx.tolist():
+        assert peak_hz(batch["audio"][i].numpy(), 8000) == (HIGH_HZ if s.bits[i, 1] else LOW_HZ)
+        assert abs(onset_s(batch["audio"][i].numpy(), 8000, threshold=0.1) - 0.5 * int(s.vertical[i])) <= 0.02

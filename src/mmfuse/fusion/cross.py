@@ -1,20 +1,25 @@
-"""Token-level fusions by cross-attention between the image tokens ``X = (x_1..x_N)`` and the text tokens
-``Y = (y_1..y_S)`` (with their masks): ``cross_attention``, ``co_attention`` (ViLBERT), ``mult`` (MulT).
+"""Token-level fusions by cross-attention between token sequences: ``cross_attention`` and ``co_attention``
+(ViLBERT) between a pair ``x``, ``y`` (image and text: ``X = (x_1..x_N)``, ``Y = (y_1..y_S)``, with their
+masks), and ``mult`` (MulT) over any number of modalities.
 
-Both sequences are first projected to a common width ``d`` (``X' = X W_x``, ``Y' = Y W_y``). Blocks are
-pre-norm (see ``layers.py``): ``Cross(Q, C)`` lets ``Q`` attend to ``C`` then applies a feed-forward
-layer; ``Self(Q)`` is a transformer encoder layer. Padded tokens are never attended to and never pooled.
-With ``d = dim``, ``f = ff_mult · d``, ``L = layers``: ``P_cross = 4d² + 4d + 6d + (d+1)f + (f+1)d`` and
-``P_self = 4d² + 4d + 4d + (d+1)f + (f+1)d``.
+Every sequence is first projected to a common width ``d`` (``X' = X W_x``, ``Y' = Y W_y``; ``proj_<modality>``).
+Blocks are pre-norm (see ``layers.py``): ``Cross(Q, C)`` lets ``Q`` attend to ``C`` then applies a
+feed-forward layer; ``Self(Q)`` is a transformer encoder layer. Padded tokens are never attended to and
+never pooled. With ``d = dim``, ``f = ff_mult · d``, ``L = layers``:
+``P_cross(d) = 4d² + 4d + 6d + (d+1)f + (f+1)d`` and ``P_self(d) = 4d² + 4d + 4d + (d+1)f + (f+1)d``.
+``cross_attention`` and ``co_attention`` are pairwise (``PairFusion``: ``x`` plays the image's role, ``y``
+the text's; with more modalities the builder pairs each with ``fusion.context``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
 from mmfuse.errors import MMFuseError
-from mmfuse.fusion.base import Fusion, linear_params, masked_mean, require_positive
+from mmfuse.fusion.base import Fusion, PairFusion, linear_params, masked_mean, require_positive
 from mmfuse.fusion.layers import (
     CrossBlock,
     SelfBlock,
@@ -23,6 +28,7 @@ from mmfuse.fusion.layers import (
     norm_params,
     self_block_params,
     sinusoidal_positions,
+    stream_order,
 )
 from mmfuse.types import EncoderOutput
 
@@ -30,34 +36,37 @@ DIRECTIONS = ("text_to_image", "image_to_text", "both")
 READOUTS = ("mean", "bilinear")
 
 
-class _TokenFusion(Fusion):
-    """Projects both token sequences to ``dim``; subclasses add the layers."""
-
-    needs_tokens = True
-
-    def __init__(self, image_dim: int, text_dim: int, dim: int, heads: int, layers: int, ff_mult: int) -> None:
-        super().__init__(image_dim, text_dim)
-        require_positive(type(self).__name__, dim=dim, layers=layers, ff_mult=ff_mult)
-        check_heads(dim, heads)
-        self.dim, self.ff = dim, ff_mult * dim
-        self.proj_image = nn.Linear(image_dim, dim)
-        self.proj_text = nn.Linear(text_dim, dim)
-
-    @staticmethod
-    def projection_params(image_dim: int, text_dim: int, dim: int) -> int:
-        return linear_params(image_dim, dim) + linear_params(text_dim, dim)
+def project_tokens(fusion: Fusion, dim: int, heads: int, layers: int, ff_mult: int) -> None:
+    """Checks the widths and registers ``proj_<modality> = Linear(D_m, dim)`` for each modality, in order."""
+    require_positive(type(fusion).__name__, dim=dim, layers=layers, ff_mult=ff_mult)
+    check_heads(dim, heads)
+    fusion.dim, fusion.ff = dim, ff_mult * dim
+    fusion.per_modality("proj", lambda m, width: nn.Linear(width, dim))
 
 
-class CrossAttentionFusion(_TokenFusion):
-    """Cross-attention: text tokens attend to image tokens (and / or the reverse), then pool.
+def projection_params(dims: Mapping[str, int], dim: int) -> int:
+    """``Σ_m (D_m + 1) d``: the ``proj_<modality>`` layers of ``project_tokens``."""
+    return sum(linear_params(d, dim) for d in dims.values())
+
+
+def stack(block: type[nn.Module], n: int, dim: int, heads: int, ff: int, dropout: float,
+          *args: bool) -> nn.ModuleList:
+    return nn.ModuleList(block(dim, heads, ff, dropout, *args) for _ in range(n))
+
+
+class CrossAttentionFusion(PairFusion):
+    """Cross-attention: the ``y`` (text) tokens attend to the ``x`` (image) tokens (and / or the reverse),
+    then pool. A pair (``PairFusion``).
 
     ``direction=text_to_image``: ``Y⁰ = Y'``, ``Y^(l) = Cross(Y^(l−1), X')`` for ``l = 1..L`` (the image
     side stays fixed); ``z = mean_{s real} LN(Y^(L))_s ∈ R^d``.
     ``image_to_text`` swaps the roles; ``both`` runs the two stacks and concatenates (``z ∈ R^{2d}``).
+    For another pair the names keep their roles: ``text_to_image`` is ``y`` attending to ``x`` (for
+    video + text, the words attend to the frames; for video + audio, the audio to the frames).
     ``self_attention=true``: each layer first lets the query tokens attend to each other (ALBEF's fusion
     encoder: self-attention, cross-attention, feed-forward), so that the words can compare what they
     found in the image; adds ``P_sa = 4d² + 4d + 2d`` per layer.
-    ``global_token=true``: the pooled image vector joins the image tokens, ``X' = [x; X] W_x`` (ViLBERT's
+    ``global_token=true``: the pooled ``x`` vector joins the ``x`` tokens, ``X' = [x; X] W_x`` (ViLBERT's
     IMG token), so "is this colour anywhere" is one attention step away.
     ``readout=bilinear``: instead of the mean, each word is compared multiplicatively with what it
     gathered from the image, ``z = mean_s tanh(P Y⁰_s) ⊙ tanh(Q LN(Y^(L))_s)`` (an MLB per token, as in
@@ -67,11 +76,13 @@ class CrossAttentionFusion(_TokenFusion):
     """
 
     stage = "mid"
+    needs_tokens = True
 
-    def __init__(self, image_dim: int, text_dim: int, dim: int = 64, heads: int = 4, layers: int = 2,
+    def __init__(self, dims: Mapping[str, int], dim: int = 64, heads: int = 4, layers: int = 2,
                  ff_mult: int = 2, direction: str = "text_to_image", self_attention: bool = True,
                  global_token: bool = False, readout: str = "mean", dropout: float = 0.0) -> None:
-        super().__init__(image_dim, text_dim, dim, heads, layers, ff_mult)
+        super().__init__(dims)
+        project_tokens(self, dim, heads, layers, ff_mult)
         if direction not in DIRECTIONS:
             raise MMFuseError(f"fusion.direction={direction!r} (cross_attention): expected one of {DIRECTIONS}")
         if readout not in READOUTS:
@@ -80,8 +91,7 @@ class CrossAttentionFusion(_TokenFusion):
         self.direction, self.global_token = direction, bool(global_token)
         self.directions = ("text_to_image", "image_to_text") if direction == "both" else (direction,)
         self.stacks = nn.ModuleDict({
-            d: nn.ModuleList(CrossBlock(dim, heads, self.ff, dropout, bool(self_attention)) for _ in range(layers))
-            for d in self.directions
+            d: stack(CrossBlock, layers, dim, heads, self.ff, dropout, bool(self_attention)) for d in self.directions
         })
         self.norms = nn.ModuleDict({d: nn.LayerNorm(dim) for d in self.directions})
         if readout == "bilinear":
@@ -90,21 +100,21 @@ class CrossAttentionFusion(_TokenFusion):
         self.out_dim = dim * len(self.directions)
 
     @staticmethod
-    def param_formula(image_dim: int, text_dim: int, dim: int, layers: int, ff_mult: int, direction: str,
+    def param_formula(dims: Mapping[str, int], dim: int, layers: int, ff_mult: int, direction: str,
                       self_attention: bool, readout: str, **_: object) -> int:
         n_dir = 2 if direction == "both" else 1
         block = cross_block_params(dim, ff_mult * dim, bool(self_attention))
         head = 2 * linear_params(dim, dim) if readout == "bilinear" else 0
-        return (_TokenFusion.projection_params(image_dim, text_dim, dim)
-                + n_dir * (layers * block + norm_params(dim) + head))
+        return projection_params(dims, dim) + n_dir * (layers * block + norm_params(dim) + head)
 
-    def forward(self, image: EncoderOutput, text: EncoderOutput) -> torch.Tensor:
-        tokens, mask = image.tokens, image.mask
+    def forward(self, inputs: Mapping[str, EncoderOutput]) -> torch.Tensor:
+        first, second = inputs[self.x], inputs[self.y]
+        tokens, mask = first.tokens, first.mask
         if self.global_token:
-            tokens = torch.cat([image.pooled.unsqueeze(1).to(tokens.dtype), tokens], dim=1)
+            tokens = torch.cat([first.pooled.unsqueeze(1).to(tokens.dtype), tokens], dim=1)
             mask = torch.cat([mask.new_ones(mask.shape[0], 1), mask], dim=1)
-        x, y = self.proj_image(tokens), self.proj_text(text.tokens)
-        streams = {"text_to_image": (y, text.mask, x, mask), "image_to_text": (x, mask, y, text.mask)}
+        x, y = self.part("proj", self.x)(tokens), self.part("proj", self.y)(second.tokens)
+        streams = {"text_to_image": (y, second.mask, x, mask), "image_to_text": (x, mask, y, second.mask)}
         pooled = []
         for name in self.directions:
             q0, q_mask, c, c_mask = streams[name]
@@ -118,89 +128,120 @@ class CrossAttentionFusion(_TokenFusion):
         return torch.cat(pooled, dim=-1)
 
 
-class CoAttentionFusion(_TokenFusion):
-    """Two-stream co-attention (ViLBERT, Lu et al. 2019).
+class CoAttentionFusion(PairFusion):
+    """Two-stream co-attention (ViLBERT, Lu et al. 2019) between ``x`` (the image) and ``y`` (the text).
 
     Layer ``l``: ``X̂ = Cross_x(X, Y)``, ``Ŷ = Cross_y(Y, X)`` (both from the previous layer's streams),
     then ``X = Self_x(X̂)``, ``Y = Self_y(Ŷ)``. Output (ViLBERT's alignment head input):
-    ``z = mean_n LN(X)_n ⊙ mean_s LN(Y)_s ∈ R^d``.
+    ``z = mean_n LN(X)_n ⊙ mean_s LN(Y)_s ∈ R^d``. A pair (``PairFusion``); the stacks are
+    ``cross_<x>``, ``cross_<y>``, ``self_<x>``, ``self_<y>``, ``norm_<x>``, ``norm_<y>``.
     Parameters: ``(Dx + 1) d + (Dy + 1) d + 2 L (P_cross + P_self) + 4d``.
     """
 
     stage = "mid"
+    needs_tokens = True
 
-    def __init__(self, image_dim: int, text_dim: int, dim: int = 64, heads: int = 4, layers: int = 2,
+    def __init__(self, dims: Mapping[str, int], dim: int = 64, heads: int = 4, layers: int = 2,
                  ff_mult: int = 2, dropout: float = 0.0) -> None:
-        super().__init__(image_dim, text_dim, dim, heads, layers, ff_mult)
+        super().__init__(dims)
+        project_tokens(self, dim, heads, layers, ff_mult)
         self.out_dim = dim
-
-        def stack(block: type[nn.Module]) -> nn.ModuleList:
-            return nn.ModuleList(block(dim, heads, self.ff, dropout) for _ in range(layers))
-
-        self.cross_image, self.cross_text = stack(CrossBlock), stack(CrossBlock)
-        self.self_image, self.self_text = stack(SelfBlock), stack(SelfBlock)
-        self.norm_image, self.norm_text = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        for part, block in (("cross", CrossBlock), ("self", SelfBlock)):
+            for m in (self.x, self.y):
+                self.add_module(f"{part}_{m}", stack(block, layers, dim, heads, self.ff, dropout))
+        for m in (self.x, self.y):
+            self.add_module(f"norm_{m}", nn.LayerNorm(dim))
 
     @staticmethod
-    def param_formula(image_dim: int, text_dim: int, dim: int, layers: int, ff_mult: int, **_: object) -> int:
+    def param_formula(dims: Mapping[str, int], dim: int, layers: int, ff_mult: int, **_: object) -> int:
         f = ff_mult * dim
-        return (_TokenFusion.projection_params(image_dim, text_dim, dim)
+        return (projection_params(dims, dim)
                 + 2 * layers * (cross_block_params(dim, f) + self_block_params(dim, f)) + 2 * norm_params(dim))
 
-    def forward(self, image: EncoderOutput, text: EncoderOutput) -> torch.Tensor:
-        x, y = self.proj_image(image.tokens), self.proj_text(text.tokens)
-        mx, my = image.mask, text.mask
-        for cx, cy, sx, sy in zip(self.cross_image, self.cross_text, self.self_image, self.self_text):
+    def forward(self, inputs: Mapping[str, EncoderOutput]) -> torch.Tensor:
+        first, second = inputs[self.x], inputs[self.y]
+        x, y = self.part("proj", self.x)(first.tokens), self.part("proj", self.y)(second.tokens)
+        mx, my = first.mask, second.mask
+        layers = zip(self.part("cross", self.x), self.part("cross", self.y),
+                     self.part("self", self.x), self.part("self", self.y))
+        for cx, cy, sx, sy in layers:
             x, y = cx(x, y, my), cy(y, x, mx)
             x, y = sx(x, mx), sy(y, my)
-        return masked_mean(self.norm_image(x), mx) * masked_mean(self.norm_text(y), my)
+        return masked_mean(self.part("norm", self.x)(x), mx) * masked_mean(self.part("norm", self.y)(y), my)
 
 
-class MulTFusion(_TokenFusion):
-    """Multimodal transformer (MulT, Tsai et al. 2019), two modalities.
+class MulTFusion(Fusion):
+    """Multimodal transformer (MulT, Tsai et al. 2019) over N modalities: one crossmodal transformer per
+    ordered pair (target ``t`` ← source ``s``), ``N (N − 1)`` of them (6 for text, audio and video, as
+    in the paper; 2 for image + text).
 
-    ``X⁰ = X' + PE``, ``Y⁰ = Y' + PE`` (sinusoidal positions). Crossmodal transformer ``image → text``:
-    ``Y^(l) = Cross(Y^(l−1), X⁰)`` (keys / values always from the source's low-level ``X⁰``), ``l = 1..L``;
-    likewise ``X^(l) = Cross(X^(l−1), Y⁰)``. Then ``self_layers`` self-attention layers on each target
-    stream; ``z = [mean LN(Y); mean LN(X)] ∈ R^{2d}``.
-    Parameters: ``(Dx + 1) d + (Dy + 1) d + 2 (L P_cross + S P_self + 2d)``.
+    ``X_m⁰ = X_m W_m + PE`` (sinusoidal positions) for each modality. Crossmodal transformer ``s → t``:
+    ``Z_{s→t}^(l) = Cross(Z_{s→t}^(l−1), X_s⁰)`` with ``Z_{s→t}⁰ = X_t⁰`` (keys / values always from
+    the source's low-level ``X_s⁰``), ``l = 1..L``. Each target concatenates its crossmodal outputs
+    along the features, ``Z_t = [Z_{s_1→t}; …; Z_{s_{N−1}→t}] ∈ R^{T_t × (N−1)d}`` (sources in
+    ``MODALITIES`` order), then ``self_layers`` self-attention layers of width ``(N − 1) d`` (feed-forward
+    ``ff_mult (N − 1) d``, as the paper's ``2d`` for three modalities); ``z = [mean LN(Z_t)]_t ∈
+    R^{N (N−1) d}``, targets text first then ``MODALITIES`` order (``layers.stream_order``). For image +
+    text: ``Y^(l) = Cross(Y^(l−1), X⁰)``, ``X^(l) = Cross(X^(l−1), Y⁰)``, ``z = [mean LN(Y); mean LN(X)]
+    ∈ R^{2d}``, the two-modality MulT.
+    Modules: ``to_<t>`` (the crossmodal stack when ``t`` has one source, N = 2) or ``to_<t>_from_<s>``
+    (N > 2), ``self_<t>``, ``norm_<t>``.
+    Parameters, ``d' = (N − 1) d``: ``Σ_m (D_m + 1) d + N (N − 1) L P_cross(d) + N (S P_self(d') + 2d')``
+    (``P_self(d')`` with ``f = ff_mult d'``); for two: ``(Dx + 1) d + (Dy + 1) d + 2 (L P_cross + S P_self + 2d)``.
     """
 
     stage = "mid"
+    needs_tokens = True
 
-    def __init__(self, image_dim: int, text_dim: int, dim: int = 64, heads: int = 4, layers: int = 2,
+    def __init__(self, dims: Mapping[str, int], dim: int = 64, heads: int = 4, layers: int = 2,
                  self_layers: int = 1, ff_mult: int = 2, dropout: float = 0.0) -> None:
-        super().__init__(image_dim, text_dim, dim, heads, layers, ff_mult)
+        super().__init__(dims)
+        project_tokens(self, dim, heads, layers, ff_mult)
         if self_layers < 0:
-            raise MMFuseError(f"fusion.self_layers={self_layers} (mult): must be >= 0")
-        self.out_dim = 2 * dim
+            raise MMFuseError(f"fusion.self_layers={self_layers} (mult): must be >= 0, e.g. fusion.self_layers=1")
+        self.targets = stream_order(self.modalities)
+        self.sources = {t: tuple(s for s in self.modalities if s != t) for t in self.targets}
+        width = (len(self.modalities) - 1) * dim
+        self.out_dim = len(self.targets) * width
+        for t in self.targets:
+            for s in self.sources[t]:
+                self.add_module(self.crossmodal_name(t, s), stack(CrossBlock, layers, dim, heads, self.ff, dropout))
+        for t in self.targets:
+            self.add_module(f"self_{t}", stack(SelfBlock, self_layers, width, heads, ff_mult * width, dropout))
+        for t in self.targets:
+            self.add_module(f"norm_{t}", nn.LayerNorm(width))
 
-        def stack(block: type[nn.Module], n: int) -> nn.ModuleList:
-            return nn.ModuleList(block(dim, heads, self.ff, dropout) for _ in range(n))
+    def crossmodal_name(self, target: str, source: str) -> str:
+        """``to_<target>`` when the target has one source (N = 2: the two-input keys), else ``to_<target>_from_<source>``."""
+        return f"to_{target}" if len(self.sources[target]) == 1 else f"to_{target}_from_{source}"
 
-        self.to_text, self.to_image = stack(CrossBlock, layers), stack(CrossBlock, layers)
-        self.self_text, self.self_image = stack(SelfBlock, self_layers), stack(SelfBlock, self_layers)
-        self.norm_text, self.norm_image = nn.LayerNorm(dim), nn.LayerNorm(dim)
+    def crossmodal(self, target: str, source: str) -> nn.ModuleList:
+        """The ``L`` blocks of the crossmodal transformer ``source → target``."""
+        return getattr(self, self.crossmodal_name(target, source))
 
     @staticmethod
-    def param_formula(image_dim: int, text_dim: int, dim: int, layers: int, self_layers: int, ff_mult: int,
+    def param_formula(dims: Mapping[str, int], dim: int, layers: int, self_layers: int, ff_mult: int,
                       **_: object) -> int:
-        f = ff_mult * dim
-        per_direction = layers * cross_block_params(dim, f) + self_layers * self_block_params(dim, f) + norm_params(dim)
-        return _TokenFusion.projection_params(image_dim, text_dim, dim) + 2 * per_direction
+        n = len(dims)
+        width = (n - 1) * dim
+        per_target = self_layers * self_block_params(width, ff_mult * width) + norm_params(width)
+        return (projection_params(dims, dim) + n * (n - 1) * layers * cross_block_params(dim, ff_mult * dim)
+                + n * per_target)
 
-    def forward(self, image: EncoderOutput, text: EncoderOutput) -> torch.Tensor:
-        x, y = self.proj_image(image.tokens), self.proj_text(text.tokens)
-        x = x + sinusoidal_positions(x.shape[1], self.dim, x.device, x.dtype)
-        y = y + sinusoidal_positions(y.shape[1], self.dim, y.device, y.dtype)
-        mx, my = image.mask, text.mask
-        ty, tx = y, x
-        for block in self.to_text:
-            ty = block(ty, x, mx)
-        for block in self.to_image:
-            tx = block(tx, y, my)
-        for block in self.self_text:
-            ty = block(ty, my)
-        for block in self.self_image:
-            tx = block(tx, mx)
-        return torch.cat([masked_mean(self.norm_text(ty), my), masked_mean(self.norm_image(tx), mx)], dim=-1)
+    def forward(self, inputs: Mapping[str, EncoderOutput]) -> torch.Tensor:
+        low = {m: self.part("proj", m)(inputs[m].tokens) for m in self.modalities}
+        low = {m: x + sinusoidal_positions(x.shape[1], self.dim, x.device, x.dtype) for m, x in low.items()}
+        masks = {m: inputs[m].mask for m in self.modalities}
+        fused = {}
+        for t in self.targets:  # every crossmodal stack before any self-attention, as the two-input code
+            outs = []
+            for s in self.sources[t]:
+                z = low[t]
+                for block in self.crossmodal(t, s):
+                    z = block(z, low[s], masks[s])
+                outs.append(z)
+            fused[t] = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+        for t in self.targets:
+            for block in self.part("self", t):
+                fused[t] = block(fused[t], masks[t])
+        return torch.cat([masked_mean(self.part("norm", t)(fused[t]), masks[t]) for t in self.targets], dim=-1)

@@ -7,6 +7,7 @@ get no attention weight, so padding never changes the real positions' outputs.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -35,6 +36,15 @@ def self_block_params(d: int, f: int) -> int:
 def cross_block_params(d: int, f: int, self_attention: bool = False) -> int:
     own = norm_params(d) + attention_params(d) if self_attention else 0
     return own + 3 * norm_params(d) + attention_params(d) + ffn_params(d, f)
+
+
+def stream_order(modalities: Sequence[str]) -> tuple[str, ...]:
+    """Text first (when present), then the others in ``modalities``' (``MODALITIES``) order.
+
+    The order of ``single_stream``'s joint sequence and of ``mult``'s readout (MulT's ``[h_L; h_A; h_V]``,
+    language first); for image + text it is ``(text, image)``, the order these fusions had with two inputs.
+    """
+    return tuple(m for m in modalities if m == "text") + tuple(m for m in modalities if m != "text")
 
 
 def check_heads(dim: int, heads: int) -> None:

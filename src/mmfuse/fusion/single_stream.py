@@ -1,62 +1,79 @@
-"""Single-stream (early) fusion: one transformer over both token sequences (VisualBERT / MMBT style)."""
+"""Single-stream (early) fusion: one transformer over all modalities' token sequences (VisualBERT / MMBT
+style), for any number of modalities."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
 from mmfuse.errors import MMFuseError
 from mmfuse.fusion.base import Fusion, linear_params, masked_mean, require_positive
-from mmfuse.fusion.layers import SelfBlock, check_heads, norm_params, self_block_params, sinusoidal_positions
+from mmfuse.fusion.layers import (
+    SelfBlock,
+    check_heads,
+    norm_params,
+    self_block_params,
+    sinusoidal_positions,
+    stream_order,
+)
 from mmfuse.types import EncoderOutput
 
 
 class SingleStreamFusion(Fusion):
-    """``H⁰ = [c; Y W_y + e_text + PE; X W_x + e_image + PE]`` (a learned ``[CLS]`` vector ``c``, learned
-    modality embeddings ``e``, sinusoidal positions ``PE`` within each modality), ``L`` self-attention
-    layers over the joint sequence (padded text tokens masked out), then ``pooling="cls"``:
-    ``z = LN(H^L)_0 ∈ R^d`` (the ``[CLS]`` output, VisualBERT's), or ``pooling="mean"``:
-    ``z = mean_t LN(H^L)_t`` over the real tokens. Trained from scratch, the ``[CLS]`` output hardly
+    """``H⁰ = [c; X_{m_1} W_{m_1} + e_1 + PE; …; X_{m_N} W_{m_N} + e_N + PE]``: a learned ``[CLS]`` vector
+    ``c``, then each modality's projected tokens with its learned modality-type embedding ``e_k``
+    (``modality[k]``) and sinusoidal positions ``PE`` over the token index within that modality (for
+    video, the index of the frame × cell token the encoder gives); modalities text first, then
+    ``MODALITIES`` order (``layers.stream_order``: ``[c; text; image]`` for image + text, VisualBERT's
+    order, ``e_1`` text and ``e_2`` image). ``L`` self-attention layers over the joint sequence (padded
+    tokens of every modality masked out), then ``pooling="cls"``: ``z = LN(H^L)_0 ∈ R^d`` (the
+    ``[CLS]`` output, VisualBERT's), or ``pooling="mean"``: ``z = mean_t LN(H^L)_t`` over the real tokens.
+    The layers themselves treat the joint sequence as a set: reordering a modality's tokens changes
+    ``z`` only through the positions ``PE`` they carry. Trained from scratch, the ``[CLS]`` output hardly
     varies between samples at initialisation (the same ``c`` attends over sequences dominated by the
     shared modality and position embeddings; measured: 4x less spread than ``cross_attention``'s
     output); the mean over tokens varies from the start, but did not learn faster on the shapes
     benchmark either (experiments/fusion_zoo/README.md).
-    Parameters: ``(Dx + 1) d + (Dy + 1) d + 3d + L (4d² + 4d + 4d + (d+1)f + (f+1)d) + 2d``, ``f = ff_mult d``.
+    Parameters: ``Σ_m (D_m + 1) d + d + N d + L (4d² + 4d + 4d + (d+1)f + (f+1)d) + 2d``, ``f = ff_mult d``
+    (``(Dx + 1) d + (Dy + 1) d + 3d + …`` for two).
     """
 
     stage = "early"
     needs_tokens = True
 
-    def __init__(self, image_dim: int, text_dim: int, dim: int = 64, heads: int = 4, layers: int = 2,
+    def __init__(self, dims: Mapping[str, int], dim: int = 64, heads: int = 4, layers: int = 2,
                  ff_mult: int = 2, dropout: float = 0.0, pooling: str = "cls") -> None:
-        super().__init__(image_dim, text_dim)
+        super().__init__(dims)
         require_positive("single_stream", dim=dim, layers=layers, ff_mult=ff_mult)
         if pooling not in ("cls", "mean"):
             raise MMFuseError(f"fusion.pooling={pooling!r} is not an option of single_stream. Fix: cls or mean")
         self.pooling = pooling
         check_heads(dim, heads)
         self.dim = self.out_dim = dim
-        self.proj_image = nn.Linear(image_dim, dim)
-        self.proj_text = nn.Linear(text_dim, dim)
+        self.per_modality("proj", lambda m, width: nn.Linear(width, dim))
+        self.order = stream_order(self.modalities)
         self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
-        self.modality = nn.Parameter(torch.randn(2, dim) * 0.02)  # 0 = text, 1 = image
+        self.modality = nn.Parameter(torch.randn(len(self.order), dim) * 0.02)  # row k: self.order[k]
         self.blocks = nn.ModuleList(SelfBlock(dim, heads, ff_mult * dim, dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
 
     @staticmethod
-    def param_formula(image_dim: int, text_dim: int, dim: int, layers: int, ff_mult: int, **_: object) -> int:
-        return (linear_params(image_dim, dim) + linear_params(text_dim, dim) + 3 * dim
+    def param_formula(dims: Mapping[str, int], dim: int, layers: int, ff_mult: int, **_: object) -> int:
+        return (sum(linear_params(d, dim) for d in dims.values()) + (1 + len(dims)) * dim
                 + layers * self_block_params(dim, ff_mult * dim) + norm_params(dim))
 
-    def forward(self, image: EncoderOutput, text: EncoderOutput) -> torch.Tensor:
-        y = self.proj_text(text.tokens)
-        x = self.proj_image(image.tokens)
-        y = y + self.modality[0] + sinusoidal_positions(y.shape[1], self.dim, y.device, y.dtype)
-        x = x + self.modality[1] + sinusoidal_positions(x.shape[1], self.dim, x.device, x.dtype)
-        cls = self.cls.expand(x.shape[0], -1, -1).to(x.dtype)
-        h = torch.cat([cls, y, x], dim=1)
-        cls_mask = torch.ones(x.shape[0], 1, dtype=torch.bool, device=x.device)
-        mask = torch.cat([cls_mask, text.mask, image.mask], dim=1)
+    def forward(self, inputs: Mapping[str, EncoderOutput]) -> torch.Tensor:
+        streams = []
+        for k, m in enumerate(self.order):
+            x = self.part("proj", m)(inputs[m].tokens)
+            streams.append(x + self.modality[k] + sinusoidal_positions(x.shape[1], self.dim, x.device, x.dtype))
+        batch, dtype, device = streams[0].shape[0], streams[-1].dtype, streams[0].device
+        cls = self.cls.expand(batch, -1, -1).to(dtype)
+        h = torch.cat([cls, *streams], dim=1)
+        cls_mask = torch.ones(batch, 1, dtype=torch.bool, device=device)
+        mask = torch.cat([cls_mask, *(inputs[m].mask for m in self.order)], dim=1)
         for block in self.blocks:
             h = block(h, mask)
         if self.pooling == "mean":

@@ -325,7 +325,7 @@ def test_mult_without_self_attention_layers_validates_and_builds(make_cfg):
     from mmfuse.builder import build_fusion
     cfg = make_cfg("fusion=mult", "fusion.self_layers=0")
     validate_train_config(cfg)
-    fusion = build_fusion(cfg, image_dim=8, text_dim=8)
+    fusion = build_fusion(cfg, {"image": 8, "text": 8})
     assert (len(fusion.self_text), len(fusion.self_image)) == (0, 0)
 
 

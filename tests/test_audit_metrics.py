@@ -117,6 +117,10 @@ class PooledProduct(nn.Module):
     """A float64 stand-in model: encoders pass the features through, fusion ``z = x ⊙ y``."""
 
     needs_tokens = False
+    item_modality = "image"
+
+    def encode(self, modality, batch):
+        return passthrough(batch[modality])
 
     def encode_image(self, batch):
         return passthrough(batch["image"])
@@ -124,11 +128,11 @@ class PooledProduct(nn.Module):
     def encode_text(self, batch):
         return passthrough(batch["text"])
 
-    def fusion(self, image: EncoderOutput, text: EncoderOutput) -> torch.Tensor:
-        return image.pooled * text.pooled
+    def fusion(self, inputs: dict[str, EncoderOutput]) -> torch.Tensor:
+        return inputs["image"].pooled * inputs["text"].pooled
 
     def forward(self, batch):
-        return LateOutput(batch["image"], batch["text"])
+        return LateOutput(image=batch["image"], text=batch["text"])
 
 
 def test_itm_retrieval_scores_a_float64_model_in_float64():

@@ -34,7 +34,7 @@ def test_every_design_group_exists():
 @pytest.mark.parametrize("option", options("fusion"))
 def test_fusion_options_instantiate(make_cfg, option):
     cfg = make_cfg(f"fusion={option}")
-    fusion = build_fusion(cfg, 64, 48)
+    fusion = build_fusion(cfg, {"image": 64, "text": 48})
     assert fusion.stage == cfg.fusion.stage
 
 

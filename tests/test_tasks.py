@@ -180,7 +180,7 @@ class DotModel(torch.nn.Module):
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        self.fusion = MulFusion(dim, dim, dim=dim, activation="identity")
+        self.fusion = MulFusion({"image": dim, "text": dim}, dim=dim, activation="identity")
         with torch.no_grad():
             for proj in (self.fusion.proj_image, self.fusion.proj_text):
                 proj.weight.copy_(torch.eye(dim))
@@ -194,8 +194,13 @@ class DotModel(torch.nn.Module):
         y = batch["text"]
         return EncoderOutput(y, y[:, None], torch.ones(len(y), 1, dtype=torch.bool))
 
+    item_modality = "image"
+
+    def encode(self, modality, batch):
+        return self.encode_image(batch) if modality == "image" else self.encode_text(batch)
+
     def forward(self, batch):
-        return self.fusion(self.encode_image(batch), self.encode_text(batch))
+        return self.fusion({"image": self.encode_image(batch), "text": self.encode_text(batch)})
 
 
 def val_batches(x: torch.Tensor, y: torch.Tensor, text_image: torch.Tensor, size: int):
@@ -325,12 +330,14 @@ def test_labelled_itm_pairs_are_used_as_given():
 
 
 class LateModel(torch.nn.Module):
+    item_modality = "image"
+
     def __init__(self):
         super().__init__()
         self.fusion = torch.nn.Identity()
 
     def forward(self, batch):
-        return LateOutput(batch["image"], batch["text"])
+        return LateOutput(image=batch["image"], text=batch["text"])
 
 
 def test_dual_encoder_task_loss_and_recalls():
@@ -377,12 +384,14 @@ def test_vqa_targets_loss_and_accuracy():
 
 
 class PooledConcat(torch.nn.Module):
+    item_modality = "image"
+
     def __init__(self, late=False):
         super().__init__()
         self.late = late
 
     def forward(self, batch):
-        return LateOutput(batch["image"], batch["text"]) if self.late else torch.cat([batch["image"], batch["text"]], 1)
+        return LateOutput(image=batch["image"], text=batch["text"]) if self.late else torch.cat([batch["image"], batch["text"]], 1)
 
 
 @pytest.mark.parametrize("stage", ["mid", "late"])
@@ -453,7 +462,12 @@ class TokenModel(torch.nn.Module):
         super().__init__()
         from mmfuse.fusion.cross import CrossAttentionFusion
 
-        self.fusion = CrossAttentionFusion(dim, dim, dim=16, heads=2, layers=1, direction="both")
+        self.fusion = CrossAttentionFusion({"image": dim, "text": dim}, dim=16, heads=2, layers=1, direction="both")
+
+    item_modality = "image"
+
+    def encode(self, modality, batch):
+        return self.encode_image(batch) if modality == "image" else self.encode_text(batch)
 
     def encode_image(self, batch):
         x = batch["image"]
@@ -482,9 +496,10 @@ def test_itm_retrieval_with_a_token_fusion_equals_scoring_each_pair_alone():
     task.epoch_end("val", model)
     m = {k: float(v) for k, v in task.compute("val").items()}
     with torch.no_grad():  # every pair alone, unpadded
-        scores = torch.tensor([[float(task.head(model.fusion(
-            EncoderOutput(images[i].mean(0)[None], images[i][None], torch.ones(1, 4, dtype=torch.bool)),
-            EncoderOutput(texts[t, 0][None], texts[t, : lengths[t]][None], torch.ones(1, int(lengths[t]), dtype=torch.bool)))))
+        scores = torch.tensor([[float(task.head(model.fusion({
+            "image": EncoderOutput(images[i].mean(0)[None], images[i][None], torch.ones(1, 4, dtype=torch.bool)),
+            "text": EncoderOutput(texts[t, 0][None], texts[t, : lengths[t]][None],
+                                  torch.ones(1, int(lengths[t]), dtype=torch.bool))})))
             for t in range(15)] for i in range(5)])
     assert len(scores.unique()) == 75  # no ties: the ranks are all determined by the scores
     expected = recall_at_k(matrix_rows(scores), text_image, 5)

@@ -7,7 +7,10 @@ a logit of exactly 0 is a mismatch). It is applied to the logits, not to ``p``: 
 Metrics: ``acc`` and ``f1`` (positive class: match) under that rule; ``auroc`` from the ranks of the
 logits (``mmfuse.tasks.metrics.auroc``, the Mann-Whitney statistic); ``loss``; and ``acc_<type>``, the
 accuracy under the same rule per pair type (``positive`` and each kind of negative, see
-``mmfuse.types.PAIR_TYPES``).
+``mmfuse.types.PAIR_TYPES``), with ``j_<type> = acc_positive + acc_<type> − 1`` for each negative type
+(Youden's J: 0 when the model tells that type no better than a constant answer would).
+The text is matched with the model's one other modality (``model.item_modality``: an image, a clip or
+a sound).
 
 Two kinds of data:
 - labelled pairs (batches carry ``label``, e.g. ``data=shapes``, ``data=jsonl labels=match``): used
@@ -244,7 +247,10 @@ class ITMTask(Task):
     def compute(self, stage: str) -> dict[str, torch.Tensor]:
         out = {f"{stage}/{k}": v for k, v in self.metrics[stage].compute().items()}
         if self.by_type[stage].total.sum() > 0:
-            out.update({f"{stage}/acc_{k}": v for k, v in self.by_type[stage].compute().items()})
+            by_type = self.by_type[stage].compute()
+            out.update({f"{stage}/acc_{k}": v for k, v in by_type.items()})
+            if "positive" in by_type:  # Youden's J of each negative type: J_t = acc_positive + acc_t - 1
+                out.update({f"{stage}/j_{k}": by_type["positive"] + v - 1 for k, v in by_type.items() if k != "positive"})
         out.update({f"{stage}/{k}": torch.tensor(v) for k, v in self.recalls.get(stage, {}).items()})
         return out
 

@@ -44,39 +44,39 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def test_mutan_is_the_rank_r_sum_with_or_without_tanh(override, act):
     """``z = W_o Σ_r (M_r σ(W_x x)) ⊙ (N_r σ(W_y y))``; block.bootstrap's ``Mutan`` is ``σ = identity``."""
     f = build("mutan", dim=3, mm_dim=4, rank=2, **override)
-    image, text = inputs()
+    image, text = inputs().values()
     x, y = act(linear(f.proj_image, image.pooled)), act(linear(f.proj_text, text.pooled))
     m0, m1 = linear(f.merge_image, x), linear(f.merge_text, y)      # [B, R m], rank-major as in Mutan
     core = m0[:, :4] * m1[:, :4] + m0[:, 4:] * m1[:, 4:]
-    assert torch.allclose(f(image, text), linear(f.out, core), atol=ATOL)
+    assert torch.allclose(f({"image": image, "text": text}), linear(f.out, core), atol=ATOL)
 
 
 @pytest.mark.parametrize(("override", "act"), [({}, torch.tanh), ({"activation": "relu"}, torch.relu)],
                          ids=["default-tanh", "mmf_mlb-relu"])
 def test_mul_is_the_product_of_the_activated_projections(override, act):
     f = build("mul", dim=4, **override)
-    image, text = inputs()
+    image, text = inputs().values()
     expected = act(linear(f.proj_image, image.pooled)) * act(linear(f.proj_text, text.pooled))
-    assert torch.allclose(f(image, text), expected, atol=1e-6)
+    assert torch.allclose(f({"image": image, "text": text}), expected, atol=1e-6)
 
 
 def test_concat_default_is_one_activated_layer():
     f = build("concat", dim=4)
-    image, text = inputs()
+    image, text = inputs().values()
     h = torch.cat([image.pooled, text.pooled], 1)
-    assert torch.allclose(f(image, text), torch.relu(linear(f.proj, h)), atol=1e-6)
+    assert torch.allclose(f({"image": image, "text": text}), torch.relu(linear(f.proj, h)), atol=1e-6)
 
 
 def test_concat_with_hidden_layers_is_mmf_concat_mlp():
     """MMF ``ConcatMLP``: ReLU after each hidden layer, none after the output layer."""
     f = build("concat", dim=4, hidden=[7, 5], output_activation=False)
     assert [(lay.in_features, lay.out_features) for lay in (*f.hidden, f.proj)] == [(DX + DY, 7), (7, 5), (5, 4)]
-    image, text = inputs()
+    image, text = inputs().values()
     h = torch.cat([image.pooled, text.pooled], 1)
     h = torch.relu(linear(f.hidden[1], torch.relu(linear(f.hidden[0], h))))
-    assert torch.allclose(f(image, text), linear(f.proj, h), atol=1e-6)
+    assert torch.allclose(f({"image": image, "text": text}), linear(f.proj, h), atol=1e-6)
     with_act = build("concat", dim=4, hidden=[7, 5])   # same seed, same weights; σ on the output too
-    assert torch.allclose(with_act(image, text), torch.relu(linear(f.proj, h)), atol=1e-6)
+    assert torch.allclose(with_act({"image": image, "text": text}), torch.relu(linear(f.proj, h)), atol=1e-6)
 
 
 @pytest.mark.parametrize("output_activation", [False, True])
@@ -85,9 +85,9 @@ def test_concat_dropout_follows_each_hidden_layer_and_the_output_only_with_its_a
     dropout after the last layer) or ``z = drop(relu(W h_2))``. The same dropout masks are drawn by
     seeding the generator the same before the module and before the reference."""
     f = build("concat", dim=4, hidden=[7, 5], output_activation=output_activation, dropout=0.5).train()
-    image, text = inputs()
+    image, text = inputs().values()
     torch.manual_seed(11)
-    out = f(image, text)
+    out = f({"image": image, "text": text})
     torch.manual_seed(11)
     h = torch.cat([image.pooled, text.pooled], 1)
     for layer in f.hidden:
@@ -100,11 +100,11 @@ def test_concat_dropout_follows_each_hidden_layer_and_the_output_only_with_its_a
 def test_nl_gate_default_is_the_scaled_gate_mean_pooled():
     """``form=gate``: ``z = mean_n a_n ⊙ Σ_s softmax_s(q_n·k_s / √d) v_s``, ``a = W_x x``, ``q = W_q a``."""
     f = build("nl_gate", dim=4)
-    image, text = inputs()
+    image, text = inputs().values()
     a = linear(f.proj_image, image.tokens)
     q, k, v = linear(f.query, a), linear(f.key, text.tokens), linear(f.value, text.tokens)
     w = torch.softmax((q @ k.transpose(1, 2) / 2.0).masked_fill(~text.mask.unsqueeze(1), -math.inf), -1)
-    assert torch.allclose(f(image, text), masked_mean(a * (w @ v), image.mask), atol=ATOL)
+    assert torch.allclose(f({"image": image, "text": text}), masked_mean(a * (w @ v), image.mask), atol=ATOL)
 
 
 def per_token_nlgate(f, image: EncoderOutput, text: EncoderOutput) -> torch.Tensor:
@@ -123,21 +123,21 @@ def test_nl_gate_multibench_form_is_the_per_token_nlgate():
     f = build("nl_gate", dim=4, form="multibench", image_tokens=N_IMG)
     assert f.out_dim == N_IMG * 4
     assert sum(p.numel() for p in f.parameters()) == (DX + 1) * 4 + 2 * (DY + 1) * 4
-    image, text = inputs()
+    image, text = inputs().values()
     expected = per_token_nlgate(f, image, text)
-    assert torch.allclose(f(image, text), expected, atol=ATOL)
-    assert torch.allclose(f(pad(image, 3), text), expected, atol=ATOL)
+    assert torch.allclose(f({"image": image, "text": text}), expected, atol=ATOL)
+    assert torch.allclose(f({"image": pad(image, 3), "text": text}), expected, atol=ATOL)
 
 
 def test_nl_gate_multibench_form_gives_zeros_at_padded_image_positions_below_n():
     """``mask`` False at positions 1 and 3 of row 0 and 0 of row 2 (junk of size 100 there): those slots
     of ``z`` are zeros, every other slot is the per-token formula's."""
     f = build("nl_gate", dim=4, form="multibench", image_tokens=N_IMG)
-    image, text = inputs()
+    image, text = inputs().values()
     mask = image.mask.clone()
     mask[0, [1, 3]] = mask[2, 0] = False
     tokens = torch.where(mask.unsqueeze(-1), image.tokens, 100 * torch.randn(image.tokens.shape))
-    out = f(EncoderOutput(image.pooled, tokens, mask), text).view(B, N_IMG, 4)
+    out = f({"image": EncoderOutput(image.pooled, tokens, mask), "text": text}).view(B, N_IMG, 4)
     expected = per_token_nlgate(f, EncoderOutput(image.pooled, tokens, mask), text).view(B, N_IMG, 4)
     assert torch.equal(out[~mask], torch.zeros(3, 4))
     assert torch.allclose(out[mask], expected[mask], atol=ATOL)
@@ -151,16 +151,16 @@ def test_nl_gate_multibench_form_needs_the_image_token_count():
     f = build("nl_gate", dim=4, form="multibench", image_tokens=N_IMG - 2)
     with pytest.raises(MMFuseError, match=rf"^fusion.image_tokens={N_IMG - 2} \(nl_gate form=multibench\) but the "
                                           rf"image encoder gives up to {N_IMG} real tokens: set fusion.image_tokens"):
-        f(*inputs())
+        f(inputs())
 
 
 def test_nl_gate_multibench_form_refuses_fewer_image_tokens_than_n():
     """Four tokens for ``image_tokens=6``: an error, not two slots of zeros."""
     f = build("nl_gate", dim=4, form="multibench", image_tokens=N_IMG)
-    image, text = inputs()
+    image, text = inputs().values()
     short = EncoderOutput(image.pooled, image.tokens[:, :4], image.mask[:, :4])
     with pytest.raises(MMFuseError) as err:
-        f(short, text)
+        f({"image": short, "text": text})
     assert str(err.value) == (f"fusion.image_tokens={N_IMG} (nl_gate form=multibench) but the image encoder "
                               "gives 4 tokens: set fusion.image_tokens=4")
 
@@ -198,7 +198,7 @@ BAD_VALUES = [
 def test_bad_option_values_are_one_line_naming_the_field_the_type_and_an_example(name, override, message):
     """No bare ``TypeError``, no ``int(2.5) = 2``, no option silently ignored."""
     with pytest.raises(MMFuseError) as err:
-        fusion_class(name)(DX, DY, **{**options(name), **override})
+        fusion_class(name)({"image": DX, "text": DY}, **{**options(name), **override})
     assert str(err.value) == message
 
 
@@ -216,18 +216,18 @@ def test_the_cited_variants_keep_the_contract(name, override):
     for image_dim, text_dim in ((DX, DY), (40, 8)):
         fusion = build(name, image_dim, text_dim, **override)
         assert sum(p.numel() for p in fusion.parameters()) == fusion_class(name).expected_params(
-            image_dim, text_dim, **{**options(name), **override})
+            {"image": image_dim, "text": text_dim}, **{**options(name), **override})
     fusion = build(name, **override).train()
-    image, text = inputs()
-    out = fusion(image, text)
+    image, text = inputs().values()
+    out = fusion({"image": image, "text": text})
     (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(3))).sum().backward()
     no_grad = [n for n, p in fusion.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not no_grad
     fusion.eval()
     with torch.no_grad():
-        ref = fusion(image, text)
-        assert torch.allclose(fusion(pad(image, 3), pad(text, 4)), ref, atol=ATOL, rtol=1e-4)
-        one = fusion(EncoderOutput(*(t[1:2] for t in image)), EncoderOutput(*(t[1:2] for t in text)))
+        ref = fusion({"image": image, "text": text})
+        assert torch.allclose(fusion({"image": pad(image, 3), "text": pad(text, 4)}), ref, atol=ATOL, rtol=1e-4)
+        one = fusion({"image": EncoderOutput(*(t[1:2] for t in image)), "text": EncoderOutput(*(t[1:2] for t in text))})
         assert torch.allclose(one[0], ref[1], atol=ATOL, rtol=1e-4)
 
 
@@ -246,13 +246,13 @@ def mcb_reference(f, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def float64_inputs() -> tuple[EncoderOutput, EncoderOutput]:
-    return tuple(EncoderOutput(*(t.double() if t.is_floating_point() else t for t in e)) for e in inputs())
+    return tuple(EncoderOutput(*(t.double() if t.is_floating_point() else t for t in e)) for e in inputs().values())
 
 
 def test_mcb_runs_in_float64_after_double():
     f = build("mcb", sketch_dim=16, dim=4).double()
     image, text = float64_inputs()
-    out = f(image, text)
+    out = f({"image": image, "text": text})
     assert out.dtype == torch.float64
     assert torch.allclose(out, mcb_reference(f, image.pooled, text.pooled), rtol=0, atol=1e-12)
 
@@ -263,7 +263,7 @@ def test_mcb_runs_with_a_float64_default_dtype():
     try:
         f = build("mcb", sketch_dim=16, dim=4)
         image, text = float64_inputs()
-        out = f(image, text)
+        out = f({"image": image, "text": text})
         assert f.sketch_image.dtype == f.out.weight.dtype == out.dtype == torch.float64
         assert torch.allclose(out, mcb_reference(f, image.pooled, text.pooled), rtol=0, atol=1e-12)
     finally:
@@ -272,8 +272,8 @@ def test_mcb_runs_with_a_float64_default_dtype():
 
 def test_mcb_float32_inputs_into_a_double_module_give_float64():
     f = build("mcb", sketch_dim=16, dim=4).double()
-    image, text = inputs()
-    out = f(image, text)
+    image, text = inputs().values()
+    out = f({"image": image, "text": text})
     assert out.dtype == torch.float64
     assert torch.allclose(out, mcb_reference(f, image.pooled.double(), text.pooled.double()), atol=1e-6)
 
@@ -286,11 +286,11 @@ def test_tfn_formula_with_its_real_activation(activation):
     ``tanh`` as well, since ``relu(1) = 1`` hides an activation applied after appending the 1."""
     act = {"relu": torch.relu, "tanh": torch.tanh}[activation]
     f = build("tfn", hidden=3, dim=4, activation=activation)
-    image, text = inputs()
+    image, text = inputs().values()
     a = torch.cat([act(linear(f.proj_image, image.pooled)), torch.ones(B, 1)], 1)
     b = torch.cat([act(linear(f.proj_text, text.pooled)), torch.ones(B, 1)], 1)
     t = torch.stack([a[:, i] * b[:, j] for i in range(4) for j in range(4)], 1)
-    assert torch.allclose(f(image, text), act(linear(f.out, t)), atol=1e-6)
+    assert torch.allclose(f({"image": image, "text": text}), act(linear(f.out, t)), atol=1e-6)
 
 
 # -- the token fusions, written out from their weights ----------------------------------------------------
@@ -334,7 +334,7 @@ def test_co_attention_layer_takes_both_streams_from_the_previous_layer(layers):
     """``X̂ = Cross_x(X, Y)``, ``Ŷ = Cross_y(Y, X)`` from the same previous ``X, Y``, then ``Self`` each;
     ``z = mean LN(X) ⊙ mean LN(Y)``. Feeding the updated ``X̂`` into ``Cross_y`` fails this."""
     f = build("co_attention", dim=8, heads=2, layers=layers).eval()
-    image, text = inputs()
+    image, text = inputs().values()
     x, y = linear(f.proj_image, image.tokens), linear(f.proj_text, text.tokens)
     for i in range(layers):
         x_hat = cross(f.cross_image[i], x, y, text.mask)
@@ -342,7 +342,7 @@ def test_co_attention_layer_takes_both_streams_from_the_previous_layer(layers):
         x, y = self_layer(f.self_image[i], x_hat, image.mask), self_layer(f.self_text[i], y_hat, text.mask)
     expected = masked_mean(layer_norm(f.norm_image, x), image.mask) * masked_mean(layer_norm(f.norm_text, y), text.mask)
     with torch.no_grad():
-        assert torch.allclose(f(image, text), expected, atol=ATOL)
+        assert torch.allclose(f({"image": image, "text": text}), expected, atol=ATOL)
 
 
 def positions(n: int, d: int) -> torch.Tensor:
@@ -361,7 +361,7 @@ def test_mult_keys_and_values_always_come_from_the_sources_first_layer(layers):
     Two layers: at the first one ``X^{l−1} = X⁰``, so only the second tells keys from ``X⁰`` from keys
     from the other stream's previous layer."""
     f = build("mult", dim=8, heads=2, layers=layers, self_layers=1).eval()
-    image, text = inputs()
+    image, text = inputs().values()
     x0 = linear(f.proj_image, image.tokens) + positions(N_IMG, 8)
     y0 = linear(f.proj_text, text.tokens) + positions(text.tokens.shape[1], 8)
     ty, tx = y0, x0
@@ -372,7 +372,7 @@ def test_mult_keys_and_values_always_come_from_the_sources_first_layer(layers):
     expected = torch.cat([masked_mean(layer_norm(f.norm_text, ty), text.mask),
                           masked_mean(layer_norm(f.norm_image, tx), image.mask)], -1)
     with torch.no_grad():
-        assert torch.allclose(f(image, text), expected, atol=ATOL)
+        assert torch.allclose(f({"image": image, "text": text}), expected, atol=ATOL)
 
 
 def readme_overrides() -> dict[str, list[str]]:

@@ -250,7 +250,10 @@ def test_describe_counts_exactly():
 
 def test_clips_are_cached_and_a_damaged_or_planted_cache_file_is_handled(tmp_path):
     dm = ShapesAVDataModule(num_train=20, num_val=0, num_test=0, cache_dir=str(tmp_path))
-    first = dm.rendered("train")
+    first, drawn = dm.rendered("train"), render_split("train", 20, 8, 32, seed=0)
+    assert first.texts == drawn.texts and torch.equal(first.video, drawn.video)
+    for k in ("rules", "bits", "vertical", "phase"):
+        assert np.array_equal(getattr(first, k), getattr(drawn, k)), k
     files = list(tmp_path.glob("train-*.pt"))
     assert len(files) == 1
     again = ShapesAVDataModule(num_train=20, num_val=0, num_test=0, cache_dir=str(tmp_path)).rendered("train")

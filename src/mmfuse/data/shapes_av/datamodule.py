@@ -11,22 +11,19 @@ Batches (``dataset.py``): ``video``, ``audio`` + ``audio_mask``, ``input_ids`` +
 ``(wave [S], sample_rate)``, resampling to the encoder's rate) and ``self.tokenizer``.
 
 The clips depend only on ``(seed, split, size, frames, image_size)`` and are cached under ``cache_dir``
-(when set): a ``torch.save`` of plain lists and tensors read with ``weights_only=True`` (a damaged file
-is drawn again; one holding other Python objects, which could run code, is refused with an
-MMFuseError). Soundtracks are made per batch (a split's would take 64 kB a sample at 16 kHz).
+(when set) by ``data.shapes_video.cache.cached``: plain lists and tensors read with ``weights_only=True``
+(a damaged file is drawn again; one holding other Python objects, which could run code, is refused
+with an MMFuseError). Soundtracks are made per batch (a split's would take 64 kB a sample at 16 kHz).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import pickle
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from mmfuse.data.atomic import atomic_torch_save
 from mmfuse.data.pairs import unique_texts
 from mmfuse.data.shapes_av.clips import GENERATOR_VERSION, SPLIT_IDS, AVSplit, render_split
 from mmfuse.data.shapes_av.dataset import AVDataset
@@ -39,27 +36,22 @@ from mmfuse.data.shapes_av.labels import (
     label,
 )
 from mmfuse.data.shapes_av.soundtrack import HIGH_HZ
+from mmfuse.data.shapes_video.cache import cached
 from mmfuse.datamodule import MMFuseDataModule
 from mmfuse.errors import MMFuseError
 
 CACHE_FORMAT = 1
 
 
-def load_cached_split(path: Path) -> AVSplit | None:
-    """A cache file written by ``ShapesAVDataModule``, or None when it is damaged (to be drawn again)."""
-    try:
-        cached = torch.load(path, weights_only=True)
-    except pickle.UnpicklingError:
-        raise MMFuseError(f"data.cache_dir: {path} holds Python objects other than tensors and plain "
-                          "containers, which could run code when loaded; it was not loaded. Fix: delete it "
-                          "(it is drawn again)") from None
-    except Exception:  # a damaged cache file is simply redrawn
-        return None
-    try:
-        return AVSplit(cached["rules"].numpy(), cached["bits"].numpy(), cached["vertical"].numpy(),
-                       cached["phase"].numpy(), list(cached["texts"]), cached["video"])
-    except (KeyError, TypeError, AttributeError):
-        return None
+def encode(s: AVSplit) -> dict[str, Any]:
+    """A split as plain data (tensors, a list of strings) for the cache."""
+    return {"rules": torch.from_numpy(s.rules), "bits": torch.from_numpy(s.bits), "vertical": torch.from_numpy(s.vertical),
+            "phase": torch.from_numpy(s.phase), "texts": list(s.texts), "video": s.video}
+
+
+def decode(d: dict[str, Any]) -> AVSplit:
+    rules, bits, vertical, phase = (np.asarray(d[k]) for k in ("rules", "bits", "vertical", "phase"))
+    return AVSplit(rules, bits, vertical, phase, list(d["texts"]), torch.as_tensor(d["video"]))
 
 
 class ShapesAVDataModule(MMFuseDataModule):
@@ -94,19 +86,8 @@ class ShapesAVDataModule(MMFuseDataModule):
 
     def _load_or_render(self, split: str) -> AVSplit:
         args = (split, self.sizes[split], self.frames, self.image_size, self.seed)
-        if self.cache_dir is None:
-            return render_split(*args)
-        key = hashlib.sha256(json.dumps([GENERATOR_VERSION, CACHE_FORMAT, *args]).encode()).hexdigest()[:16]
-        path = self.cache_dir / f"{split}-{key}.pt"
-        if path.exists():
-            cached = load_cached_split(path)
-            if cached is not None:
-                return cached
-        s = render_split(*args)
-        atomic_torch_save({"rules": torch.from_numpy(s.rules), "bits": torch.from_numpy(s.bits),
-                           "vertical": torch.from_numpy(s.vertical), "phase": torch.from_numpy(s.phase),
-                           "texts": s.texts, "video": s.video}, path)
-        return s
+        return cached(self.cache_dir, split, [GENERATOR_VERSION, CACHE_FORMAT, *args],
+                      lambda: encode(render_split(*args)), decode)
 
     def train_texts(self) -> list[str]:
         return self.rendered("train").texts

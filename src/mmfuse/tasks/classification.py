@@ -10,6 +10,10 @@
   rule of ITM (``mmfuse.tasks.itm.predict``); ``acc`` (micro over labels) and ``f1`` (macro over labels)
   of those integer predictions, ``auroc`` (macro over labels) ranking each label's logits.
 
+``groups`` (optional, from the data: ``data.groups``, e.g. data=shapes_av's interaction types): names of
+sample groups; batches then carry ``<group_key>`` (index into ``groups``) and ``acc_<group>`` is the
+multiclass accuracy within each group.
+
 AUROCs: per class / label the rank statistic ``mmfuse.tasks.metrics.auroc`` (ties 1/2), then the mean
 over the classes / labels where it is defined (both outcomes present); NaN where none is.
 """
@@ -35,7 +39,7 @@ from mmfuse.errors import MMFuseError
 from mmfuse.tasks.base import STAGES, Task
 from mmfuse.tasks.heads import build_task_head
 from mmfuse.tasks.itm import predict
-from mmfuse.tasks.metrics import RankAUROC, as_float, auroc, cpu_if_mps
+from mmfuse.tasks.metrics import GroupedAccuracy, RankAUROC, as_float, auroc, cpu_if_mps
 
 LABEL_TYPES = ("multiclass", "multilabel")
 
@@ -73,7 +77,8 @@ class ClassificationTask(Task):
 
     def __init__(self, in_dim: int, fusion_stage: str, num_classes: int | None = None,
                  label_type: str = "multiclass", head: str = "mlp", hidden_dim: int = 256,
-                 dropout: float = 0.0, modalities: Sequence[str] = ("image", "text"), **_: Any) -> None:
+                 dropout: float = 0.0, modalities: Sequence[str] = ("image", "text"),
+                 groups: Sequence[str] | None = None, group_key: str = "group", **_: Any) -> None:
         super().__init__()
         if label_type not in LABEL_TYPES:
             raise MMFuseError(f"task.label_type={label_type!r}: expected one of {LABEL_TYPES} "
@@ -88,6 +93,10 @@ class ClassificationTask(Task):
             s: MetricCollection({**_metrics(label_type, self.num_classes), "loss": MeanMetric()}, compute_groups=False)
             for s in STAGES
         })
+        self.groups, self.group_key = (tuple(groups) if groups else None), group_key
+        if self.groups and label_type != "multiclass":
+            raise MMFuseError("task.groups: accuracy per group is defined for label_type=multiclass only")
+        self.by_group = nn.ModuleDict({s: GroupedAccuracy(self.groups) for s in STAGES}) if self.groups else None
 
     def step(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if "target" not in batch:
@@ -112,9 +121,19 @@ class ClassificationTask(Task):
         m["f1"].update(predicted, target)
         m["auroc"].update(scores, hits)
         m["loss"].update(outputs["loss"])
+        if self.by_group is not None:
+            if self.group_key not in batch:
+                raise MMFuseError(f"task.groups={list(self.groups)} but the batches have no {self.group_key!r} "
+                                  "(task.group_key): set task.groups=null, or give the data's group index")
+            self.by_group[stage].update(predicted == target, batch[self.group_key].long())
 
     def compute(self, stage: str) -> dict[str, torch.Tensor]:
-        return {f"{stage}/{k}": v for k, v in self.metrics[stage].compute().items()}
+        out = {f"{stage}/{k}": v for k, v in self.metrics[stage].compute().items()}
+        if self.by_group is not None:
+            out.update({f"{stage}/acc_{k}": v for k, v in self.by_group[stage].compute().items()})
+        return out
 
     def reset(self, stage: str) -> None:
         self.metrics[stage].reset()
+        if self.by_group is not None:
+            self.by_group[stage].reset()

@@ -1,0 +1,114 @@
+"""Any set of modalities: the model, the builder's checks, late fusion over N, groups in classification."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmfuse.builder import build_module, configured_modalities
+from mmfuse.errors import MMFuseError
+from mmfuse.fusion.late import LateFusion
+from mmfuse.fusion.pooled import MulFusion
+from mmfuse.model import FusionModel
+from mmfuse.tasks.classification import ClassificationTask
+from mmfuse.tasks.heads import LateHeads, SimilarityHead
+from mmfuse.types import EncoderOutput, LateOutput
+
+
+class Passthrough(torch.nn.Module):
+    """An 'encoder' whose input is already the pooled vector."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.out_dim = dim
+        self.scale = torch.nn.Parameter(torch.ones(()))
+        self.fully_frozen = False
+
+    def forward(self, x, mask=None):
+        return EncoderOutput(x * self.scale, (x * self.scale)[:, None], torch.ones(len(x), 1, dtype=torch.bool))
+
+
+def test_the_model_runs_the_configured_encoders_in_modality_order():
+    dims = {"video": 3, "audio": 2, "text": 4}
+    fusion = MulFusion(dims, dim=5, activation="identity")
+    model = FusionModel(None, Passthrough(4), fusion, video_encoder=Passthrough(3), audio_encoder=Passthrough(2))
+    assert model.modalities == ("video", "audio", "text")
+    assert list(model.encoders) == ["video", "audio", "text"]
+    g = torch.Generator().manual_seed(0)
+    batch = {"video": torch.randn(2, 3, generator=g), "audio": torch.randn(2, 2, generator=g),
+             "audio_mask": torch.ones(2, 2, dtype=torch.bool)}
+    batch["text"] = torch.randn(2, 4, generator=g)
+    model.encode_text = lambda b: model.text_encoder(b["text"])
+    z = model(batch)
+    expected = (fusion.proj_video(batch["video"]) * fusion.proj_audio(batch["audio"]) * fusion.proj_text(batch["text"]))
+    torch.testing.assert_close(z, expected)
+    assert model.encoded_samples == {"video": 2, "audio": 2, "text": 0}  # text ran through the stand-in
+    assert [n for n, _ in model.named_children()][:3] == ["video_encoder", "audio_encoder", "text_encoder"]
+    with pytest.raises(MMFuseError, match="matching and retrieval pair text with one other modality"):
+        model.item_modality  # noqa: B018
+
+
+def test_a_batch_without_a_configured_encoders_input_is_one_line():
+    model = FusionModel(None, Passthrough(4), MulFusion({"video": 3, "text": 4}), video_encoder=Passthrough(3))
+    assert model.item_modality == "video"
+    with pytest.raises(MMFuseError, match=r"the batch has no 'video' \(its keys: \['image'\]\)"):
+        model.encode("video", {"image": torch.zeros(1, 3)})
+    with pytest.raises(MMFuseError, match="the model has no audio encoder"):
+        model.encode("audio", {})
+
+
+def test_configured_modalities_follow_the_encoder_groups(make_cfg):
+    assert configured_modalities(make_cfg()) == ("image", "text")
+    assert configured_modalities(make_cfg("data=shapes_video")) == ("video", "text")
+    assert configured_modalities(make_cfg("encoder.image=none", "encoder.audio=logmel_cnn")) == ("audio", "text")
+
+
+def test_an_encoder_the_data_cannot_feed_is_one_line(make_cfg):
+    """data=shapes has images and text; a configured video encoder names itself and the fix."""
+    from mmfuse.builder import build_datamodule
+
+    cfg = make_cfg("encoder.video=tiny_cnn", "data.num_train=8", "data.num_val=8", "data.num_test=8")
+    module = build_module(cfg)
+    with pytest.raises(MMFuseError, match=r"^data=ShapesDataModule provides image, text, but encoder.video is "
+                                          r"configured and the data has no video: set encoder.video=none"):
+        build_datamodule(cfg, module)
+
+
+def test_late_fusion_over_three_modalities_and_its_heads():
+    dims = {"image": 3, "audio": 2, "text": 4}
+    torch.manual_seed(0)
+    late = LateFusion(dims, dim=6)
+    g = torch.Generator().manual_seed(1)
+    inputs = {m: EncoderOutput(torch.randn(2, d, generator=g), torch.zeros(2, 1, d), torch.ones(2, 1, dtype=torch.bool))
+              for m, d in dims.items()}
+    out = late(inputs)
+    assert isinstance(out, LateOutput) and list(out) == ["image", "audio", "text"]
+    torch.testing.assert_close(out.audio, late.proj_audio(inputs["audio"].pooled))
+    sim = SimilarityHead(init_scale=2.0)
+    cos = lambda a, b: torch.nn.functional.cosine_similarity(a, b, dim=-1)  # noqa: E731
+    expected = 2.0 * (cos(out.image, out.text) + cos(out.audio, out.text)) / 2 - 1.0
+    torch.testing.assert_close(sim(out).squeeze(-1), expected)
+    heads = LateHeads("linear", 6, 3, modalities=tuple(dims))
+    assert [n for n, _ in heads.named_children()] == ["image", "audio", "text"]
+    torch.testing.assert_close(heads(out), heads.image(out.image) + heads.audio(out.audio) + heads.text(out.text))
+
+
+def test_classification_accuracy_per_group_is_exact():
+    task = ClassificationTask(4, "mid", num_classes=3, groups=("unimodal", "bimodal", "trimodal"),
+                              group_key="interaction_type")
+    logits = torch.tensor([[5.0, 0, 0], [0, 5.0, 0], [0, 0, 5.0], [5.0, 0, 0], [0, 5.0, 0], [0, 0, 5.0]])
+    batch = {"target": torch.tensor([0, 1, 0, 0, 2, 2]), "interaction_type": torch.tensor([0, 0, 1, 1, 2, 2])}
+    task.update("val", {"logits": logits, "loss": torch.zeros(6)}, batch)
+    m = {k: float(v) for k, v in task.compute("val").items()}
+    assert m["val/acc_unimodal"] == 1.0 and m["val/acc_bimodal"] == 0.5 and m["val/acc_trimodal"] == 0.5
+    assert m["val/acc"] == pytest.approx(4 / 6)
+    task.reset("val")
+    with pytest.raises(MMFuseError, match="but the batches have no 'interaction_type'"):
+        task.update("val", {"logits": logits, "loss": torch.zeros(6)}, {"target": batch["target"]})
+
+
+def test_lr_mult_and_parts_name_every_encoder(make_cfg):
+    module = build_module(make_cfg("data=shapes_video", "+lr_mult.video_encoder=0.5"))
+    assert list(module.parts()) == ["video_encoder", "text_encoder", "fusion", "head"]
+    groups = {g["name"]: g["lr"] for g in module.param_groups()}
+    assert groups["video_encoder"] == pytest.approx(0.5e-3) and groups["text_encoder"] == pytest.approx(1e-4)

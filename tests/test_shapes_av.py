@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import open_dict
 from scipy.optimize import linprog
 
+from conftest import FAST
 from mmfuse.data.shapes_av.clips import caption, render_audio, render_split
 from mmfuse.data.shapes_av.datamodule import ShapesAVDataModule
 from mmfuse.data.shapes_av.labels import (
@@ -281,6 +282,13 @@ def test_bad_settings_are_one_line_errors():
 def test_config_composes_and_task_reads_the_number_of_classes(make_cfg):
     cfg = make_cfg("data=shapes_av", "task=classification")
     assert cfg.task.num_classes == 14 and cfg.data.num_train == 6000 and cfg.data.sample_rate == 16000
+    targets = {m: cfg.encoder[m]._target_ for m in ("image", "video", "audio", "text")}
+    assert targets == {"image": None, "video": "mmfuse.encoders.video.VideoEncoder",
+                       "audio": "mmfuse.encoders.audio_logmel.LogMelEncoder",
+                       "text": "mmfuse.encoders.tiny_text.TinyTextTransformer"}
+    other = make_cfg("data=shapes_av", "encoder.audio=none", "encoder.video.temporal=transformer", subdir="other")
+    assert other.encoder.audio._target_ is None and other.encoder.video.temporal == "transformer"
+    cfg = make_cfg("data=shapes_av", "task=classification", subdir="again")
     with open_dict(cfg):
         cfg.data.num_train, cfg.data.num_val, cfg.data.num_test = 8, 0, 0
     dm = instantiate(cfg.data)
@@ -311,3 +319,20 @@ def test_the_audio_encoders_transform_resamples_and_keeps_the_pitch():
     for i in idx.tolist():
         assert peak_hz(batch["audio"][i].numpy(), 8000) == (HIGH_HZ if s.bits[i, 1] else LOW_HZ)
         assert abs(onset_s(batch["audio"][i].numpy(), 8000, threshold=0.1) - 0.5 * int(s.vertical[i])) <= 0.02
+
+
+def test_three_modality_run_end_to_end(make_cfg):
+    """``train.py data=shapes_av task=classification fusion=tfn`` in-process, shrunk: the data selects the
+    video and audio encoders, TFN fuses the three, results.json records the run and the exact counts."""
+    from mmfuse.train import train
+
+    cfg = make_cfg("data=shapes_av", "task=classification", "fusion=tfn", *FAST, "data.num_train=56",
+                   "data.num_val=56", "data.num_test=0", "data.batch_size=28")
+    results = train(cfg)
+    assert results["status"] == "completed"
+    assert {k: results["choices"][f"encoder.{k}"] for k in ("image", "video", "audio", "text")} == {
+        "image": "none", "video": "tiny_cnn", "audio": "logmel_cnn", "text": "tiny_text"}
+    assert results["steps"] == 2
+    acc = results["metrics"]["val/acc"]
+    assert acc * 56 == pytest.approx(round(acc * 56), abs=1e-4)  # a whole number of the 56 samples
+    assert results["data"]["val"]["classes"] == dict.fromkeys(CLASS_NAMES, 4)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from mmfuse.builder import build_module, configured_modalities
+from mmfuse.builder import build_fusion, build_module, configured_modalities
 from mmfuse.errors import MMFuseError
+from mmfuse.fusion.base import Fusion
 from mmfuse.fusion.late import LateFusion
 from mmfuse.fusion.pooled import MulFusion
 from mmfuse.model import FusionModel
@@ -112,3 +114,35 @@ def test_lr_mult_and_parts_name_every_encoder(make_cfg):
     assert list(module.parts()) == ["video_encoder", "text_encoder", "fusion", "head"]
     groups = {g["name"]: g["lr"] for g in module.param_groups()}
     assert groups["video_encoder"] == pytest.approx(0.5e-3) and groups["text_encoder"] == pytest.approx(1e-4)
+
+
+class OldMatchFusion(Fusion):
+    """README's worked example as written before fusions took N modalities (two inputs)."""
+
+    stage = "mid"
+
+    def __init__(self, image_dim: int, text_dim: int, dim: int = 128) -> None:
+        super().__init__(image_dim, text_dim)
+        self.out_dim = 2 * dim
+        self.proj_image = torch.nn.Linear(image_dim, dim)
+        self.proj_text = torch.nn.Linear(text_dim, dim)
+
+    def forward(self, image: EncoderOutput, text: EncoderOutput) -> torch.Tensor:
+        a = torch.tanh(self.proj_image(image.pooled))
+        b = torch.tanh(self.proj_text(text.pooled))
+        return torch.cat([a * b, (a - b).abs()], dim=-1)
+
+
+def test_a_two_input_fusion_of_ones_own_still_builds_and_runs_for_image_text():
+    cfg = OmegaConf.create({"fusion": {"_target_": f"{__name__}.OldMatchFusion", "stage": "mid", "dim": 3}})
+    fusion = build_fusion(cfg, {"image": 4, "text": 5})
+    assert list(fusion.state_dict()) == ["proj_image.weight", "proj_image.bias", "proj_text.weight", "proj_text.bias"]
+    assert (fusion.image_dim, fusion.text_dim, fusion.dims) == (4, 5, {"image": 4, "text": 5})
+    g = torch.Generator().manual_seed(0)
+    image = EncoderOutput(torch.randn(2, 4, generator=g), torch.zeros(2, 1, 4), torch.ones(2, 1, dtype=torch.bool))
+    text = EncoderOutput(torch.randn(2, 5, generator=g), torch.zeros(2, 1, 5), torch.ones(2, 1, dtype=torch.bool))
+    a, b = torch.tanh(fusion.proj_image(image.pooled)), torch.tanh(fusion.proj_text(text.pooled))
+    torch.testing.assert_close(fusion({"image": image, "text": text}), torch.cat([a * b, (a - b).abs()], -1))
+    with pytest.raises(MMFuseError, match=r"takes \(image_dim, text_dim\): image \+ text only, and this run has "
+                                          r"video, text; write it as Fusion\(dims\)"):
+        build_fusion(cfg, {"video": 4, "text": 5})

@@ -29,7 +29,7 @@ from mmfuse.checkpoint_io import CheckpointIO
 from mmfuse.datamodule import MMFuseDataModule
 from mmfuse.errors import MMFuseError
 from mmfuse.features import FeatureCache, cache_settings
-from mmfuse.fusion.base import ordered_dims
+from mmfuse.fusion.base import is_two_input, ordered_dims, two_input
 from mmfuse.fusion.pairs import ContextPairs
 from mmfuse.model import FusionModel
 from mmfuse.module import MMFuseModule
@@ -49,7 +49,10 @@ def build_fusion(cfg: DictConfig, dims: dict[str, int]) -> Any:
     meta = {k: cfg.fusion.get(k) for k in FUSION_META_KEYS}
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.fusion, resolve=True).items() if k not in FUSION_META_KEYS}
     dims = ordered_dims("fusion", dims)
-    if getattr(get_class(kwargs["_target_"]), "arity", "n") == "pair" and len(dims) > 2:
+    cls = get_class(kwargs["_target_"])
+    if is_two_input(cls):
+        fusion = two_input(lambda **widths: instantiate(kwargs, **widths), cls, dims)
+    elif getattr(cls, "arity", "n") == "pair" and len(dims) > 2:
         fusion = ContextPairs(dims, lambda pair: instantiate(kwargs, dims=pair), meta["context"] or "text")
     else:
         fusion = instantiate(kwargs, dims=dims)

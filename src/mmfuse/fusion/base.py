@@ -93,9 +93,12 @@ class Fusion(nn.Module):
     max_inputs: int | None = None
     out_dim: int
 
-    def __init__(self, dims: Mapping[str, int]) -> None:
+    def __init__(self, dims: Mapping[str, int] | int, text_dim: int | None = None) -> None:
         super().__init__()
         owner = f"fusion {type(self).__name__}"
+        if text_dim is not None:  # the two-input form of fusions written before N modalities (see two_input)
+            dims = {"image": dims, "text": text_dim}
+            self.image_dim, self.text_dim = dims["image"], dims["text"]
         self.dims = ordered_dims(owner, dims)
         self.modalities = tuple(self.dims)
         n = len(self.modalities)
@@ -133,6 +136,26 @@ class Fusion(nn.Module):
         bound = inspect.signature(cls).bind(ordered_dims(cls.__name__, dims), **options)
         bound.apply_defaults()
         return cls.param_formula(**bound.arguments)
+
+
+def is_two_input(cls: type) -> bool:
+    """A fusion written for image + text only, before fusions took N modalities:
+    ``__init__(image_dim, text_dim, ...)`` and ``forward(image, text)``."""
+    params = list(inspect.signature(cls).parameters)
+    return params[:2] == ["image_dim", "text_dim"]
+
+
+def two_input(make: Callable[..., nn.Module], cls: type, dims: Mapping[str, int]) -> nn.Module:
+    """Build a two-input fusion (``is_two_input``) for an image-text run and let it take
+    ``{modality: output}``: its ``forward(image, text)`` is called with the two, its parameters and
+    state dict keys stay as they were (no wrapper module)."""
+    if set(dims) != {"image", "text"}:
+        raise MMFuseError(f"fusion {cls.__name__} takes (image_dim, text_dim): image + text only, and this run has "
+                          f"{', '.join(dims)}; write it as Fusion(dims) with forward(inputs) (README: Adding your own)")
+    fusion = make(image_dim=dims["image"], text_dim=dims["text"])
+    pair_forward = fusion.forward
+    fusion.forward = lambda inputs: pair_forward(inputs["image"], inputs["text"])
+    return fusion
 
 
 class PairFusion(Fusion):

@@ -76,7 +76,6 @@ class ShapesAVDataModule(MMFuseDataModule):
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.num_classes = NUM_CLASSES
         self.class_names = list(CLASS_NAMES)
-        self.transforms: dict[str, Any] = {}
         self._rendered: dict[str, AVSplit] = {}
 
     def rendered(self, split: str) -> AVSplit:

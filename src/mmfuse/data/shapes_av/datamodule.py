@@ -18,6 +18,7 @@ with an MMFuseError). Soundtracks are made per batch (a split's would take 64 kB
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +60,12 @@ class ShapesAVDataModule(MMFuseDataModule):
 
     def __init__(self, num_train: int = 6000, num_val: int = 600, num_test: int = 600, frames: int = 8,
                  image_size: int = 32, sample_rate: int = 16000, seed: int = 0, cache_dir: str | None = None,
-                 num_classes: int = NUM_CLASSES, **loader: Any) -> None:
+                 num_classes: int = NUM_CLASSES, groups: Sequence[str] | None = INTERACTION_TYPES,
+                 group_key: str = "interaction_type", **loader: Any) -> None:
         super().__init__(**loader)
+        if groups is not None and (tuple(groups) != INTERACTION_TYPES or group_key != "interaction_type"):
+            raise MMFuseError(f"data.groups={list(groups)} / data.group_key={group_key!r}: shapes_av's groups are its "
+                              f"interaction types {list(INTERACTION_TYPES)} under 'interaction_type' (or groups=null)")
         self.sizes = {"train": int(num_train), "val": int(num_val), "test": int(num_test)}
         for name, n in self.sizes.items():
             if n < 0:

@@ -331,8 +331,12 @@ def test_three_modality_run_end_to_end(make_cfg):
     results = train(cfg)
     assert results["status"] == "completed"
     assert {k: results["choices"][f"encoder.{k}"] for k in ("image", "video", "audio", "text")} == {
-        "image": "none", "video": "tiny_cnn", "audio": "logmel_cnn", "text": "tiny_text"}
+        "image": "none", "video": "tiny_cnn_transformer", "audio": "logmel_cnn", "text": "tiny_text"}
     assert results["steps"] == 2
     acc = results["metrics"]["val/acc"]
+    by_type = {t: results["metrics"][f"val/acc_{t}"] for t in ("unimodal", "bimodal", "trimodal")}
+    counts = {"unimodal": 24, "bimodal": 24, "trimodal": 8}  # 56 samples, every (rule, bits) cell once
+    assert all(v * counts[t] == pytest.approx(round(v * counts[t]), abs=1e-4) for t, v in by_type.items())
+    assert sum(by_type[t] * counts[t] for t in counts) == pytest.approx(acc * 56, abs=1e-3)
     assert acc * 56 == pytest.approx(round(acc * 56), abs=1e-4)  # a whole number of the 56 samples
     assert results["data"]["val"]["classes"] == dict.fromkeys(CLASS_NAMES, 4)

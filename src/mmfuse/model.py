@@ -82,8 +82,15 @@ class FusionModel(nn.Module):
         return getattr(self, f"encode_{modality}")(batch)
 
     def encode_video(self, batch: dict[str, Any]) -> EncoderOutput:
+        """The video encoder's output; from cached ``video_features`` as is, from cached per-frame outputs
+        (``video_frame_features``, a frozen frame encoder's ``encode_frames``) through the temporal model
+        only (``temporal_forward``, with ``video_mask`` when the batch has one): then no clip is counted
+        in ``encoded_samples``, which counts the clips the frame encoder runs on."""
         if "video_features" in batch:
             return self._cast(batch["video_features"])
+        if "video_frame_features" in batch:
+            return self.video_encoder.temporal_forward(self._cast(batch["video_frame_features"]),
+                                                       batch.get("video_mask"))
         video = _required(batch, "video")
         self.encoded_samples["video"] += video.shape[0]
         self._mark_dynamic(video, 0)

@@ -8,6 +8,6 @@ encoding loops) and ``settings`` (the ``cache`` config group).
 from mmfuse.features.cache import FeatureCache
 from mmfuse.features.settings import CacheSettings, cache_settings
 from mmfuse.features.storage import CacheCorrupt
-from mmfuse.features.store import CachedFeatures
+from mmfuse.features.store import CachedFeatures, CachedFrameFeatures
 
-__all__ = ["CacheCorrupt", "CacheSettings", "CachedFeatures", "FeatureCache", "cache_settings"]
+__all__ = ["CacheCorrupt", "CacheSettings", "CachedFeatures", "CachedFrameFeatures", "FeatureCache", "cache_settings"]

@@ -1,9 +1,17 @@
 """``FeatureCache``: frozen encoders run once per (encoder, preprocessing, split), not once per run.
 
 ``FeatureCache(model, settings, encoder_configs).wrap(splits, trainer)`` replaces, in every
-``PairDataset`` split, the image store and / or the tokenized texts of each *fully frozen* encoder by a
-``CachedFeatures`` store; batches then carry ``image_features`` / ``text_features`` and ``FusionModel``
-skips that encoder. A trainable encoder (``freeze=false`` or ``trainable_last > 0``) is never cached.
+``PairDataset`` split, the item store (images, clips or sounds: the dataset's ``modality``, ``image``
+unless it says otherwise) and / or the tokenized texts of each *fully frozen* encoder by a
+``CachedFeatures`` store; batches then carry ``<modality>_features`` (``image_features``,
+``video_features``, ``audio_features``, ``text_features``) and ``FusionModel`` skips that encoder. A
+trainable encoder (``freeze=false`` or ``trainable_last > 0``) is never cached, with one exception:
+a video encoder whose frame encoder is fully frozen and whose temporal model trains
+(``temporal=transformer``) has its frame encoder's outputs cached (side ``video_frames``,
+``CachedFrameFeatures``, batches carry ``video_frame_features``) and only the temporal model runs.
+
+Sides (the names in ``report`` and ``results.json``): ``image``, ``video``, ``video_frames``, ``audio``,
+``text``. Sounds are encoded longest first, right-padded, with ``audio_mask`` (see ``encode``).
 
 Per side and split the entry key is a hash of exactly what determines the features (see ``keys``):
 encoder code, config and weights; the transform or tokenizer; the split's images or token ids; the
@@ -52,17 +60,30 @@ from mmfuse.features.keys import (
     key_of,
     texts_fingerprint,
     weights_digest,
+    without_keys,
 )
 from mmfuse.features.settings import CacheSettings
 from mmfuse.features.storage import CacheCorrupt, EntryWriter, open_entry, remove_stale
-from mmfuse.features.store import CachedFeatures
+from mmfuse.features.store import CachedFeatures, CachedFrameFeatures
 from mmfuse.model import FusionModel
 
 log = logging.getLogger(__name__)
 
 PROCESS_START = time.time()  # cache=rebuild recomputes entries created before this
-SIDES = ("image", "text")
-NOT_IN_KEY = ("load_weights",)  # config keys that do not change the features (the weights digest does)
+SIDES = ("image", "video", "video_frames", "audio", "text")
+NOT_IN_KEY = ("load_weights",)  # config keys (at any depth) that do not change the features (the weights do)
+# encoder.video keys that shape only the temporal model, not the frame encoder's outputs (video_frames side)
+TEMPORAL_ONLY = ("temporal", "max_frames", "grid", "layers", "heads", "dropout", "freeze", "trainable_last")
+
+
+def side_modality(side: str) -> str:
+    """The modality whose inputs a side replaces: ``video_frames`` -> ``video``, else the side itself."""
+    return "video" if side == "video_frames" else side
+
+
+def item_modality(dataset: PairDataset) -> str:
+    """What a ``PairDataset``'s item store holds: its class's ``modality`` (``image`` when it has none)."""
+    return getattr(dataset, "modality", "image")
 
 
 class FeatureCache:
@@ -71,21 +92,34 @@ class FeatureCache:
         self.model = model
         self.settings = settings
         self.root = Path(settings.dir).expanduser()
-        self.encoder_configs = {side: {k: v for k, v in (encoder_configs or {}).get(side, {}).items()
-                                       if k not in NOT_IN_KEY} for side in SIDES}
+        configs = {m: without_keys((encoder_configs or {}).get(m, {}), NOT_IN_KEY) for m in SIDES}
+        configs["video_frames"] = {k: v for k, v in configs["video"].items() if k not in TEMPORAL_ONLY}
+        self.encoder_configs = configs
         self.report: dict[str, dict[str, dict[str, Any]]] = {}
         self._encoder_identity: dict[str, dict[str, Any]] = {}
 
     # -- which sides -----------------------------------------------------------------------------
     def encoder(self, side: str) -> torch.nn.Module | None:
-        return getattr(self.model, f"{side}_encoder", None)
+        """The module a side runs: the modality's encoder, or for ``video_frames`` its frame encoder."""
+        encoder = getattr(self.model, f"{side_modality(side)}_encoder", None)
+        return getattr(encoder, "frame", None) if side == "video_frames" else encoder
 
     def cached_sides(self) -> list[str]:
-        """The frozen image / text encoders of the model (video and audio inputs are not cached yet)."""
-        return [side for side in SIDES if getattr(self.encoder(side), "fully_frozen", False)]
+        """The model's fully frozen encoders, and ``video_frames`` for a video encoder that trains only
+        over a fully frozen frame encoder."""
+        sides = []
+        for side in SIDES:
+            if side == "video_frames" and getattr(self.encoder("video"), "fully_frozen", True):
+                continue  # a fully frozen video encoder is cached whole
+            if getattr(self.encoder(side), "fully_frozen", False):
+                sides.append(side)
+        return sides
 
-    @property
-    def with_tokens(self) -> bool:
+    def with_tokens_for(self, side: str) -> bool:
+        """Whether token sequences are stored: for ``video_frames`` when the temporal model reads the
+        frames' grid tokens (``grid=true``), otherwise when the fusion reads tokens (or ``cache.tokens=true``)."""
+        if side == "video_frames":
+            return bool(self.encoder("video").grid)
         return self.settings.tokens == "true" or bool(getattr(self.model.fusion, "needs_tokens", True))
 
     # -- keys ------------------------------------------------------------------------------------
@@ -99,7 +133,7 @@ class FeatureCache:
     def key_parts(self, side: str, dataset: PairDataset, regime: str, tokens: bool) -> dict[str, Any]:
         parts: dict[str, Any] = {"format": FORMAT_VERSION, "side": side, "encoder": self.encoder_identity(side),
                                  "regime": regime, "dtype": self.settings.dtype, "tokens": tokens}
-        if side == "image":
+        if side != "text":
             parts["transform"] = describe_transform(dataset.transform)
             parts["data"] = images_fingerprint(dataset.images)
         else:
@@ -130,17 +164,21 @@ class FeatureCache:
                 continue
             dataset = copy.copy(dataset)
             for side in sides:
+                if side != "text" and side_modality(side) != item_modality(dataset):
+                    log.info("feature cache: split %s holds %s items, not %s; its %s side is not cached",
+                             name, item_modality(dataset), side_modality(side), side)
+                    continue
                 store = self.features_for(side, name, dataset, device, regime, autocast)
-                if side == "image":
-                    dataset.images = store
-                else:
+                if side == "text":
                     dataset.text = store
+                else:
+                    dataset.images = store
             out[name] = dataset
         return out
 
     def features_for(self, side: str, split: str, dataset: PairDataset, device: torch.device, regime: str,
                      autocast: Any) -> CachedFeatures:
-        tokens = self.with_tokens
+        tokens = self.with_tokens_for(side)
         parts = self.key_parts(side, dataset, regime, tokens)
         key = key_of(parts)
         if not tokens and self.settings.mode == "auto":  # an entry with tokens also serves pooled-only use
@@ -154,7 +192,8 @@ class FeatureCache:
         path = self.root / key
         self.report.setdefault(split, {})[side] = {"key": key, "status": status, "path": str(path)}
         log.info("feature cache: %s %s features: %s (%s)", split, side, status, path)
-        return CachedFeatures(path, with_tokens=tokens)
+        store = CachedFrameFeatures if side == "video_frames" else CachedFeatures
+        return store(path, with_tokens=tokens)
 
     # -- the entry protocol --------------------------------------------------------------------------
     def _valid(self, path: Path, fresh_only: bool = False) -> bool:
@@ -200,7 +239,17 @@ class FeatureCache:
         dtype = as_numpy_dtype(s.dtype)
         encoder = self.encoder(side).to(device)
         name = type(encoder).__name__
-        if side == "image":
+        if side in ("video", "video_frames"):
+            batches = enc.image_batches(dataset.images, dataset.transform, s.batch_size, s.num_workers or 0, device,
+                                        decode_on_device=False)
+            what = "clips" if side == "video" else "clips' frames"
+            info = enc.encode_into(writer, batches, self._video_encode(side), len(dataset.images), tokens, dtype,
+                                   f"encoding {split} {what} ({name})", autocast=autocast())
+        elif side == "audio":
+            batches = enc.audio_batches(dataset.images, dataset.transform, s.batch_size, device)
+            info = enc.encode_into(writer, batches, self.model.encode_audio, len(dataset.images), tokens, dtype,
+                                   f"encoding {split} sounds ({name})", autocast=autocast())
+        elif side == "image":
             store = dataset.images
             decode = s.decode == "auto" and device.type == "cuda" and enc.has_file_bytes(store) \
                 and enc.decode_on(device, dataset.transform)
@@ -214,8 +263,19 @@ class FeatureCache:
             info = enc.encode_into(writer, batches, self.model.encode_text, len(text["input_ids"]), tokens, dtype,
                                    f"encoding {split} texts ({name})", max_tokens=text["input_ids"].shape[1],
                                    autocast=autocast())
-        samples = len(dataset.images) if side == "image" else len(dataset.text["input_ids"])
+        samples = len(dataset.text["input_ids"]) if side == "text" else len(dataset.images)
         return {"side": side, "split": split, "samples": samples, "dtype": s.dtype, "tokens": tokens, **info}
+
+    def _video_encode(self, side: str) -> Any:
+        """Clips ``[B, T, 3, H, W]`` -> the video encoder's output, or its frame encoder's (counted in
+        ``encoded_samples["video"]``, as ``FusionModel.encode_video`` counts the clips it encodes)."""
+        if side == "video":
+            return lambda x: self.model.encode_video({"video": x})
+
+        def frames(x: torch.Tensor) -> Any:
+            self.model.encoded_samples["video"] += x.shape[0]
+            return self.model.video_encoder.encode_frames(x)
+        return frames
 
 
 def _regime(trainer: Any) -> tuple[torch.device, str, Any]:

@@ -6,10 +6,13 @@ Images come in store order, in batches, from whichever the store offers:
   files, ``torchvision.io.decode_jpeg`` decodes the batch's JPEGs on the GPU in one call and the
   transform runs there (other formats are decoded by the workers);
 - ``load(i)``: DataLoader workers decode and transform, batches are pinned for the copy to a GPU.
-Texts are encoded in order of length (so that a batch pads little) and written back to their rows.
+Clips (``video``) come as images do, through ``load(i)`` and the transform, as ``[B, T, 3, H, W]``.
+Texts and sounds are encoded in order of length (so that a batch pads little) and written back to their
+rows.
 
 Stored per sample: ``pooled [D]`` and, with ``tokens``, ``tokens [T, D]`` and ``mask [T]`` (``T`` the
-longest sequence of the split; shorter rows are zero-padded with ``mask`` False). Values that do not
+longest sequence of the split; shorter rows are zero-padded with ``mask`` False). Outputs with more
+axes are stored whole: a frame encoder's ``pooled [T, D]``, ``tokens [T, N, D]``, ``mask [T, N]``. Values that do not
 fit the storage dtype (float16 overflows above 65504) stop the encoding with an error instead of
 being stored as ``inf``.
 """
@@ -131,6 +134,29 @@ def text_batches(text: dict[str, torch.Tensor], batch_size: int, device: torch.d
                              for k in ("input_ids", "attention_mask")}
 
 
+def audio_batches(store: Any, transform: Callable[[torch.Tensor], torch.Tensor], batch_size: int,
+                  device: torch.device) -> Batches:
+    """Waveforms ``transform(store.load(i))`` (float ``[S_i]``) in order of length, longest first (so that
+    the first batch has the most tokens), right-padded with zeros: ``{"audio": [B, S], "audio_mask":
+    [B, S]}``, True on real samples. Lengths come from ``store.lengths()`` when the store has it, else
+    from a first pass over the clips."""
+    n = len(store)
+    if hasattr(store, "lengths"):
+        lengths = torch.as_tensor(store.lengths(), dtype=torch.long)
+    else:
+        lengths = torch.tensor([len(transform(store.load(i))) for i in range(n)], dtype=torch.long)
+    order = torch.argsort(lengths, descending=True, stable=True)
+    for start in range(0, n, batch_size):
+        rows = order[start:start + batch_size]
+        waves = [transform(store.load(int(i))) for i in rows]
+        longest = max(len(w) for w in waves)
+        audio = torch.zeros(len(waves), longest)
+        mask = torch.zeros(len(waves), longest, dtype=torch.bool)
+        for j, w in enumerate(waves):
+            audio[j, :len(w)], mask[j, :len(w)] = w, True
+        yield rows.numpy(), {"audio": audio.to(device), "audio_mask": mask.to(device)}
+
+
 def _host(t: torch.Tensor, dtype: np.dtype, what: str) -> np.ndarray:
     with np.errstate(over="ignore"):
         out = t.detach().float().cpu().numpy().astype(dtype)
@@ -153,11 +179,11 @@ def encode_into(writer: EntryWriter, batches: Batches, encode: Callable[[Any], E
             with torch.no_grad():
                 out = encode(inputs)
             if not arrays:
-                arrays["pooled"] = writer.array("pooled", (samples, out.pooled.shape[-1]), dtype)
+                arrays["pooled"] = writer.array("pooled", (samples, *out.pooled.shape[1:]), dtype)
                 if tokens:
                     t = max_tokens or out.tokens.shape[1]
-                    arrays["tokens"] = writer.array("tokens", (samples, t, out.tokens.shape[-1]), dtype)
-                    arrays["mask"] = writer.array("mask", (samples, t), np.bool_)
+                    arrays["tokens"] = writer.array("tokens", (samples, t, *out.tokens.shape[2:]), dtype)
+                    arrays["mask"] = writer.array("mask", (samples, t, *out.mask.shape[2:]), np.bool_)
             arrays["pooled"][rows] = _host(out.pooled, dtype, f"{desc}: pooled")
             if tokens:
                 length = out.tokens.shape[1]

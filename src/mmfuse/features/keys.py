@@ -1,15 +1,17 @@
 """What a cache key is made of: digests of exactly the inputs that determine an encoder's features.
 
-Image side: ``(encoder code + config + weights, transform, the split's images, numeric regime, tokens)``.
+Image, video and audio sides: ``(encoder code + config + weights, transform, the split's items, numeric
+regime, tokens)``; the per-frame side of a video encoder (``video_frames``) the same with the frame
+encoder's code and weights and the video config without the temporal model's keys.
 Text side: ``(encoder code + config + weights, tokenizer, the split's token ids and masks, numeric
 regime, tokens)``. The key is ``sha256(json(parts, sort_keys))[:24]``; the parts themselves go into the
 manifest, so a human can see why two entries differ.
 
 - Weights are hashed tensor by tensor (``state_dict``, non-tensor extra state such as a fitted word
   vocabulary as JSON), so a different checkpoint, seed or fine-tuned copy never matches.
-- Code: the encoder class, a digest of its source file and the versions of torch / torchvision /
+- Code: the encoder class, a digest of its source file (and of the files of nested mmfuse modules) and the versions of torch / torchvision /
   transformers (a change of the forward pass re-encodes).
-- Images: a store's own ``fingerprint()`` when it has one (e.g. file names, sizes and mtimes), the
+- Images (clips, sounds): a store's own ``fingerprint()`` when it has one (e.g. file names, sizes and mtimes), the
   bytes of an in-memory ``TensorImages``, else the decoded pixels of every image (slow; logged).
 - Texts: the token ids and attention masks the encoder would see, which covers the texts, the
   tokenizer's settings and a vocabulary fitted on the data.
@@ -62,19 +64,39 @@ def weights_digest(module: nn.Module) -> str:
     return h.hexdigest()
 
 
-def code_identity(module: nn.Module) -> dict[str, str]:
-    """The encoder's class, a digest of the file that defines it, and the library versions it runs on."""
-    cls = type(module)
+def _source_digest(cls: type) -> str:
     try:
         source = inspect.getsource(sys.modules[cls.__module__])
     except (OSError, TypeError, KeyError):
         source = cls.__qualname__
-    out = {"class": f"{cls.__module__}.{cls.__qualname__}",
-           "source_sha256": hashlib.sha256(source.encode()).hexdigest()[:16], "torch": torch.__version__}
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
+def code_identity(module: nn.Module) -> dict[str, Any]:
+    """The encoder's class, a digest of the file that defines it, the digests of the files of the
+    mmfuse modules nested in it (a video encoder's frame encoder), and the library versions it runs on."""
+    cls = type(module)
+    out: dict[str, Any] = {"class": f"{cls.__module__}.{cls.__qualname__}", "source_sha256": _source_digest(cls),
+                           "torch": torch.__version__}
+    nested = {type(m) for m in module.modules()} - {cls}
+    nested_sources = {f"{c.__module__}.{c.__qualname__}": _source_digest(c) for c in nested
+                      if c.__module__.startswith("mmfuse.")}
+    if nested_sources:
+        out["nested_sources"] = dict(sorted(nested_sources.items()))
     for lib in ("torchvision", "transformers"):
         if lib in sys.modules:
             out[lib] = getattr(sys.modules[lib], "__version__", "?")
     return out
+
+
+def without_keys(config: Any, names: tuple[str, ...]) -> Any:
+    """``config`` (plain dicts and lists) with the keys ``names`` removed at every depth (``load_weights``
+    of a video encoder's nested ``frame`` config as well as its own)."""
+    if isinstance(config, dict):
+        return {k: without_keys(v, names) for k, v in config.items() if k not in names}
+    if isinstance(config, list):
+        return [without_keys(v, names) for v in config]
+    return config
 
 
 def _plain(value: Any) -> Any:

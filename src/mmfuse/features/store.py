@@ -61,3 +61,26 @@ class CachedFeatures:
 
     def __repr__(self) -> str:
         return f"CachedFeatures({self.entry}, samples={self.samples}, with_tokens={self.with_tokens})"
+
+
+class CachedFrameFeatures(CachedFeatures):
+    """A video encoder's per-frame outputs (its frame encoder's, ``VideoEncoder.encode_frames``):
+    ``features(idx)`` is ``pooled [B, T, D]``, ``tokens [B, T, N, D]``, ``mask [B, T, N]`` (every frame
+    whole: clips of a split have the same frames, nothing to trim). ``per_frame`` tells the dataset to
+    name them ``video_frame_features``, on which ``FusionModel`` runs only the temporal model. Without
+    tokens (``grid=false``: the temporal model reads ``pooled`` only) ``tokens`` is ``[B, T, 0, D]``."""
+
+    per_frame = True
+
+    def features(self, idx: torch.Tensor) -> EncoderOutput:
+        rows = np.asarray(idx, dtype=np.int64)
+        arrays = self.arrays
+        pooled = torch.from_numpy(np.ascontiguousarray(arrays["pooled"][rows]))
+        if not self.with_tokens:
+            b, t, d = pooled.shape
+            return EncoderOutput(pooled, pooled.new_zeros((b, t, 0, d)), torch.zeros((b, t, 0), dtype=torch.bool))
+        return EncoderOutput(pooled, torch.from_numpy(np.ascontiguousarray(arrays["tokens"][rows])),
+                             torch.from_numpy(np.ascontiguousarray(arrays["mask"][rows])))
+
+    def __repr__(self) -> str:
+        return f"CachedFrameFeatures({self.entry}, samples={self.samples}, with_tokens={self.with_tokens})"

@@ -22,6 +22,7 @@ Batches: ``video`` float ``[B, T, 3, H, W]`` (the attached ``transforms["video"]
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import astuple
 from pathlib import Path
@@ -120,12 +121,28 @@ class ClipStore:
     def load(self, i: int) -> torch.Tensor:
         return self.videos[i]
 
+    def fingerprint(self) -> str:
+        """sha256 of the clips' dtype, shape (clips, frames, 3, H, W) and bytes: the feature cache's key."""
+        v = self.videos.contiguous()
+        h = hashlib.sha256(f"{v.dtype}{tuple(v.shape)}".encode())
+        if v.numel():
+            h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return f"clips:{h.hexdigest()}"
+
 
 class VideoPairDataset(PairDataset):
     """``PairDataset`` over a clip store: its batches name the visual side ``video`` / ``video_id``
-    (``video_features`` from a feature store) instead of ``image`` / ``image_id``."""
+    (``video_features`` from a feature store) instead of ``image`` / ``image_id``; a store of a frozen
+    frame encoder's per-frame outputs (``per_frame``, see ``mmfuse.features.store``) gives
+    ``video_frame_features``."""
 
+    modality = "video"  # what the item store holds (the feature cache's side)
     RENAMED = {"image": "video", "image_id": "video_id", "image_features": "video_features"}
+
+    def _images(self, idx: torch.Tensor) -> dict[str, Any]:
+        if getattr(self.images, "per_frame", False):
+            return {"video_frame_features": self.images.features(idx)}
+        return super()._images(idx)
 
     def __getitems__(self, indices: Any) -> dict[str, Any]:
         return {self.RENAMED.get(k, k): v for k, v in super().__getitems__(indices).items()}

@@ -22,6 +22,11 @@ Tokens: the per-frame vectors ``[B, T, D]`` (``h`` for ``transformer``, ``v`` ot
 ``grid=True`` the frame encoder's tokens of all frames ``[B, T·N, D]`` (frame-major; for
 ``transformer`` each plus its frame's ``P[t]``). The mask is ``mask`` (all True when None), for the grid
 ``frame mask[b, t, n] and mask[b, t]``. A clip with no real frame gets ``pooled = 0``.
+
+Frame sampling is an encoder setting (``encoder.video.frames`` / ``sampling`` / ``fps`` / ``stride``,
+``mmfuse.data.video_files.sample_frame_indices``): the ``transform`` carries it, and a dataset of video
+files asks it how many frames to decode and how. The configs default ``frames`` to ``data.frames``
+when the data has one (embedded clips, e.g. ``data=shapes_video``), else 8, so that the two agree.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from mmfuse.data.video_files import sample_frame_indices
 from mmfuse.encoders.base import Encoder
 from mmfuse.errors import MMFuseError
 from mmfuse.types import EncoderOutput
@@ -41,10 +47,15 @@ TEMPORAL = ("mean", "max", "transformer")
 class FrameTransform:
     """``frames uint8 [T, 3, H, W] -> float [T, 3, H', W']``: the frame encoder's image ``transform``
     applied to the frames as one batch (the same as applying it frame by frame: resizing, cropping and
-    normalisation act on each image alone)."""
+    normalisation act on each image alone).
 
-    def __init__(self, image_transform: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    ``frames``, ``sampling``, ``fps``, ``stride``: which frames a dataset of video files decodes
+    (``read_video(path, frames, sampling, fps, stride)``); embedded clips come with their own frames."""
+
+    def __init__(self, image_transform: Callable[[torch.Tensor], torch.Tensor], frames: int = 8,
+                 sampling: str = "uniform", fps: float | None = None, stride: int | None = None) -> None:
         self.image_transform = image_transform
+        self.frames, self.sampling, self.fps, self.stride = frames, sampling, fps, stride
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         if frames.dim() != 4 or frames.shape[1] != 3:
@@ -52,7 +63,8 @@ class FrameTransform:
         return self.image_transform(frames)
 
     def __repr__(self) -> str:  # part of the feature cache's key
-        return f"FrameTransform({self.image_transform!r})"
+        return (f"FrameTransform({self.image_transform!r}, frames={self.frames}, sampling={self.sampling}, "
+                f"fps={self.fps}, stride={self.stride})")
 
 
 class VideoEncoder(Encoder):
@@ -60,6 +72,10 @@ class VideoEncoder(Encoder):
         self,
         frame: Encoder,
         temporal: str = "mean",
+        frames: int = 8,
+        sampling: str = "uniform",
+        fps: float | None = None,
+        stride: int | None = None,
         max_frames: int = 32,
         grid: bool = False,
         layers: int = 1,
@@ -76,7 +92,14 @@ class VideoEncoder(Encoder):
         self.grid = bool(grid)
         self.max_frames = int(max_frames)
         self.out_dim = d = frame.out_dim
-        self.transform = FrameTransform(frame.transform)
+        try:  # a setting that cannot sample is refused here, not in the first batch
+            sample_frame_indices(1, frames, sampling, 30.0, fps, stride)
+        except MMFuseError as e:
+            raise MMFuseError(f"encoder.video: {e}") from None
+        if temporal == "transformer" and frames > self.max_frames:
+            raise MMFuseError(f"encoder.video.frames={frames} > encoder.video.max_frames={self.max_frames}: "
+                              "the transformer has no time position for the extra frames. Fix: raise max_frames")
+        self.transform = FrameTransform(frame.transform, frames, sampling, fps, stride)
         self.position: nn.Embedding | None = None
         self.temporal_model: nn.TransformerEncoder | None = None
         if temporal == "transformer":

@@ -112,8 +112,7 @@ class CaptionDataModule(MMFuseDataModule):
             if i in captions_of:
                 captions_of[i].append(c)
         bad = raw.bad
-        mode = self.verify_images
-        for i, reason in sorted(check_images([raw.images[i] for i in images], mode, max_pixels=self.max_pixels).items()):
+        for i, reason in sorted(self.check_files([raw.images[i] for i in images]).items()):
             i = images[i]
             bad.add(reason, f"{raw.image_keys[i]} ({raw.images[i]}, {len(captions_of[i])} caption(s))")
             captions_of.pop(i)
@@ -145,6 +144,11 @@ class CaptionDataModule(MMFuseDataModule):
             "skipped": bad.summary() if len(bad) else {"count": 0},
         }
         return checked
+
+    def check_files(self, images: list[Any]) -> dict[int, str]:
+        """``{index: reason}`` for the unusable files among a split's ``images`` (a subclass with other
+        items, e.g. ``mmfuse.data.media``, checks those)."""
+        return check_images(images, self.verify_images, max_pixels=self.max_pixels)
 
     # -- MMFuseDataModule ---------------------------------------------------------------------------
     def train_texts(self) -> list[str]:

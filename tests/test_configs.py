@@ -9,6 +9,7 @@ import lightning as L
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from conftest import CONF_DIR, FAST, needs_shared
 from mmfuse.builder import build_callbacks, build_datamodule, build_fusion, build_loggers, build_module
@@ -34,11 +35,22 @@ def test_every_design_group_exists():
 @pytest.mark.parametrize("option", options("fusion"))
 def test_fusion_options_instantiate(make_cfg, option):
     cfg = make_cfg(f"fusion={option}")
-    fusion = build_fusion(cfg, {"image": 64, "text": 48})
+    own = cfg.fusion.get("modality")  # a one-modality control of video or audio: give the run that modality
+    dims = {"image": 64, "text": 48} if own in (None, "image", "text") else {own: 64, "text": 48}
+    fusion = build_fusion(cfg, dims)
     assert fusion.stage == cfg.fusion.stage
 
 
-@pytest.mark.parametrize("option", options("encoder.image"))
+def test_none_means_no_encoder_for_that_modality(make_cfg):
+    from mmfuse.builder import configured_modalities
+
+    cfg = make_cfg("encoder.image=none", "encoder.video=tiny_cnn")
+    assert OmegaConf.to_container(cfg.encoder.image) == {"_target_": None}
+    assert configured_modalities(cfg) == ("video", "text")
+    assert configured_modalities(make_cfg("encoder.text=none", "encoder.audio=logmel_cnn")) == ("image", "audio")
+
+
+@pytest.mark.parametrize("option", [o for o in options("encoder.image") if o != "none"])
 def test_image_encoder_options_instantiate(make_cfg, option):
     cfg = make_cfg(f"encoder.image={option}", "encoder.image.pretrained=false")
     enc = instantiate(cfg.encoder.image)
@@ -59,7 +71,7 @@ def bert_base_folder(tmp_path: Path) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("option", options("encoder.text"))
+@pytest.mark.parametrize("option", [o for o in options("encoder.text") if o != "none"])
 def test_text_encoder_options_instantiate(make_cfg, tmp_path, option):
     overrides = [f"encoder.text={option}"]
     if option != "tiny_text":
@@ -83,8 +95,9 @@ def test_data_options_instantiate(make_cfg, option):
     dm = build_datamodule(cfg, module)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
-    assert batch["image"].dtype == torch.float32 and batch["input_ids"].dtype == torch.long
-    assert len(batch["label"]) == cfg.data.batch_size
+    item = dm.modalities[0]  # image, or video for the clip data
+    assert batch[item].dtype == torch.float32 and batch["input_ids"].dtype == torch.long
+    assert len(batch["label" if "label" in batch else "target"]) == cfg.data.batch_size
 
 
 @pytest.mark.parametrize("option", options("task"))

@@ -415,6 +415,10 @@ def fixture_for(option: str, tmp_path: Path) -> list[str]:
         rows = [{"image": f"img/{k}.jpg", "text": f"t{k}", "label": k % 2} for k in range(4)]
         return [f"data.root={jsonl_folder(tmp_path, {'train': rows, 'val': rows})}", "data.labels=multiclass",
                 "data.num_classes=2", "task=classification"]
+    if option == "msrvtt":
+        from test_media_datasets import msrvtt_folder
+
+        return [f"data.root={msrvtt_folder(tmp_path)}", "task=retrieval", "encoder.video.frames=2"]
     raise AssertionError(f"add a fixture for the new data option {option}")
 
 
@@ -426,7 +430,8 @@ def test_every_file_data_option_builds_batches_from_the_config(make_cfg, tmp_pat
     dm = build_datamodule(cfg, module)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
-    assert batch["image"].shape == (4, 3, 16, 16) and batch["input_ids"].dtype == torch.long
+    shape = (4, 2, 3, 16, 16) if option == "msrvtt" else (4, 3, 16, 16)  # msrvtt: clips of 2 frames
+    assert batch[dm.modalities[0]].shape == shape and batch["input_ids"].dtype == torch.long
     loss, _ = module.task.step(module.model, batch)
     assert torch.isfinite(loss)
     assert isinstance(instantiate(cfg.data), type(dm))

@@ -355,6 +355,9 @@ def test_bad_settings_are_one_line_errors():
 def test_config_instantiates_the_datamodule_with_its_defaults():
     cfg = OmegaConf.load(ROOT / "conf" / "data" / "shapes_video.yaml")
     cfg.cache_dir = None  # ${paths.cache_dir}/shapes_video in a composed run
+    assert [str(d) for d in cfg.pop("defaults")] == [  # the encoders it selects (a Hydra defaults list)
+        "{'override /encoder.image@_global_.encoder.image': 'none'}",
+        "{'override /encoder.video@_global_.encoder.video': 'tiny_cnn'}"]
     dm = instantiate(cfg)
     assert isinstance(dm, ShapesVideoDataModule)
     assert (dm.sizes, dm.frames, dm.image_size, dm.step, dm.negatives, dm.shuffle_frames, dm.seed) == (

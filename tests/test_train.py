@@ -41,7 +41,11 @@ def test_short_run_improves_the_loss_and_writes_a_complete_run_dir(make_cfg):
     assert on_disk["checkpoint"] == "checkpoints/last.ckpt"
     assert_wall_time_is_the_runs(on_disk)
     assert sorted(on_disk["metrics"]) == sorted(f"{split}/{name}" for split in ("val", "test") for name in (
-        "loss", "acc", "auroc", "f1", "acc_positive", "acc_other", "acc_color", "acc_shape"))
+        "loss", "acc", "auroc", "f1", "acc_positive", "acc_other", "acc_color", "acc_shape",
+        "j_other", "j_color", "j_shape"))
+    m = on_disk["metrics"]
+    for t in ("other", "color", "shape"):  # Youden's J of each negative type
+        assert m[f"val/j_{t}"] == pytest.approx(m["val/acc_positive"] + m[f"val/acc_{t}"] - 1, abs=1e-6)
     # the exact values move with the thread count (3 epochs of float32 sums): their consistency does not
     assert on_disk["data"]["val"]["pair_types"] == {"positive": 300, "other": 99, "color": 101, "shape": 100}
     for split in ("val", "test"):

@@ -122,7 +122,7 @@ def hand_train(cfg: DictConfig, steps: int, cached: bool = False) -> tuple[list[
                 length = max(int(m.sum(1).max()), 1)
                 image = model.image_encoder(data["transform"](data["images"][img_i]))
                 text = model.text_encoder(ids[txt_i, :length], m[:, :length])
-            logits = task.head(model.fusion(image, text)).squeeze(-1)
+            logits = task.head(model.fusion({"image": image, "text": text})).squeeze(-1)
             loss = F.binary_cross_entropy_with_logits(logits.float(), data["label"][idx].float())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -69,7 +69,7 @@ class PlainModule(L.LightningModule):
         image, text, label = batch
         empty = image.new_zeros((len(label), 0, image.shape[1]))
         no_mask = torch.zeros((len(label), 0), dtype=torch.bool)
-        fused = self.model.fusion(EncoderOutput(image, empty, no_mask), EncoderOutput(text, empty, no_mask))
+        fused = self.model.fusion({"image": EncoderOutput(image, empty, no_mask), "text": EncoderOutput(text, empty, no_mask)})
         loss = F.binary_cross_entropy_with_logits(self.task.head(fused).squeeze(-1).float(), label.float())
         self.losses.append(loss.detach())
         return loss

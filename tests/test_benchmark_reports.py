@@ -131,14 +131,14 @@ def test_av_rows_name_a_temporal_override(tmp_path):
 @pytest.mark.parametrize("report", [video_report, av_report])
 def test_a_directory_without_results_is_an_error(tmp_path, report):
     with pytest.raises(SystemExit, match="no results.json below this directory"):
-        report.main([str(tmp_path)])
+        report.main([str(tmp_path), "--out", str(tmp_path / "out")])
 
 
 @pytest.mark.parametrize("report", [video_report, av_report])
 def test_only_failed_runs_is_an_error_that_lists_them(tmp_path, report):
     write_run(tmp_path / "0", "mul", 1, {}, status="failed")
     with pytest.raises(SystemExit, match=r"no completed runs found\n- .*/0: status=failed RuntimeError"):
-        report.main([str(tmp_path)])
+        report.main([str(tmp_path), "--out", str(tmp_path / "out")])
 
 
 @pytest.mark.parametrize("experiment, data, sweep", [

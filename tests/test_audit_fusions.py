@@ -381,7 +381,7 @@ def readme_overrides() -> dict[str, list[str]]:
     found = {}
     for line in section("### Fusions").splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("| `") and len(cells) == 6:
+        if line.startswith("| `") and len(cells) >= 6:
             words = [w for span in ticked(cells[3]) if "fusion." in span for w in shlex.split(span)]
             if words:
                 found[cells[0].strip("`")] = [w.replace("=N", "=64") for w in words if w.startswith("fusion.")]

@@ -411,18 +411,20 @@ def test_bad_options_fail_with_a_message_naming_the_field(name, override, messag
 
 
 def test_readme_table_lists_every_fusion_with_its_stage_input_and_parameters():
-    """README's "### Fusions" table: one row per config; stage, input and the parameter count at the
-    default encoders' width (64-d image and text features) must match the code."""
+    """README's "### Fusions" table: one row per config; stage, input, the parameter count at the
+    default encoders' width (64-d image and text features) and the arity must match the code."""
     text = (ROOT / "README.md").read_text()
     section = text.split("### Fusions", 1)[1].split("\n#", 1)[0]
     rows = {}
     for line in section.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) >= 6 and re.fullmatch(r"`\w+`", cells[0]):
+        if len(cells) >= 7 and re.fullmatch(r"`\w+`", cells[0]):
             rows[cells[0].strip("`")] = cells
     assert sorted(rows) == NAMES
     for name, cells in rows.items():
-        fusion = build(name, 64, 64)
+        fusion = build(name, widths={m: 64 for m in WIDTHS})
+        kind = "one" if name in BASELINES else fusion_class(name).arity.replace("n", "N")
+        assert cells[6] == kind, name  # the modalities column: N-ary, pair (context rule) or one
         assert cells[1] == fusion.stage, name
         assert cells[2] == ("tokens" if fusion.needs_tokens else "pooled"), name
         assert int(cells[5].replace(",", "")) == sum(p.numel() for p in fusion.parameters()), name

@@ -74,7 +74,7 @@ def test_config_group_table_lists_every_option_of_every_group_in_conf():
 
 def test_the_table_parser_sees_the_fusion_row_and_the_nested_launcher_group():
     groups = readme_groups()
-    assert len(groups["fusion"]) == 24 and {"image_only", "text_only", "tfn", "nl_gate"} <= set(groups["fusion"])
+    assert len(groups["fusion"]) == 26 and {"image_only", "text_only", "video_only", "tfn", "nl_gate"} <= set(groups["fusion"])
     assert groups["hydra/launcher"] == ["parallel", "slurm"]
     assert conf_groups()["hydra/launcher"] == ["parallel", "slurm"]
 
@@ -135,7 +135,7 @@ def test_the_guides_fusion_trains_through_the_cli_exactly_as_written(tmp_path):
     saved = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
     assert saved["fusion"] == {"_target_": "my_fusions.MatchFusion", "stage": "mid", "dim": 128}
     match = load_module(mine / "my_fusions.py").MatchFusion
-    assert results["params"]["fusion"] == match.expected_params(64, 64) == (64 + 1) * 128 * 2 == 16640
+    assert results["params"]["fusion"] == match.expected_params({"image": 64, "text": 64}) == (64 + 1) * 128 * 2 == 16640
     stated = re.search(r"`params\.fusion` is ([\d,]+)", section(GUIDE)).group(1)
     assert int(stated.replace(",", "")) == results["params"]["fusion"]
     assert results["params"]["head"] == (2 * 128 + 1) * 256 + 257  # the task's MLP head on out_dim = 2 dim

@@ -146,3 +146,26 @@ def test_a_two_input_fusion_of_ones_own_still_builds_and_runs_for_image_text():
     with pytest.raises(MMFuseError, match=r"takes \(image_dim, text_dim\): image \+ text only, and this run has "
                                           r"video, text; write it as Fusion\(dims\)"):
         build_fusion(cfg, {"video": 4, "text": 5})
+
+
+def test_a_checkpoint_written_before_n_modalities_loads_and_gives_its_metrics(make_cfg, tmp_path):
+    """``tests/assets/checkpoint_6fb9b69``: a tiny default-model run (tiny_cnn + tiny_text + mul, widths 8)
+    trained by the two-input code of 6fb9b69; eval.py today rebuilds it from the checkpoint alone (its
+    saved config has no encoder.video / encoder.audio) and reproduces the validation metrics it logged."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from mmfuse.evaluate import evaluate
+
+    asset = Path(__file__).parent / "assets" / "checkpoint_6fb9b69"
+    for name in ("last.ckpt", "last.ckpt.sha256.json"):
+        shutil.copy(asset / name, tmp_path / name)
+    expected = json.loads((asset / "expected.json").read_text())["metrics"]
+    cfg = make_cfg(f"ckpt_path={tmp_path / 'last.ckpt'}", f"data.cache_dir={tmp_path / 'cache'}",
+                   subdir="eval", config_name="eval")
+    got = evaluate(cfg)
+    assert got["status"] == "completed"
+    assert {k: v for k, v in got["metrics"].items() if k in expected} == pytest.approx(expected, abs=1e-6)
+    # and today's metrics on top: Youden's J per negative type
+    assert got["metrics"]["val/j_color"] == pytest.approx(expected["val/acc_positive"] + expected["val/acc_color"] - 1)

@@ -6,6 +6,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from conftest import FAST
 from mmfuse.builder import build_fusion, build_module, configured_modalities
 from mmfuse.errors import MMFuseError
 from mmfuse.fusion.base import Fusion
@@ -169,3 +170,23 @@ def test_a_checkpoint_written_before_n_modalities_loads_and_gives_its_metrics(ma
     assert {k: v for k, v in got["metrics"].items() if k in expected} == pytest.approx(expected, abs=1e-6)
     # and today's metrics on top: Youden's J per negative type
     assert got["metrics"]["val/j_color"] == pytest.approx(expected["val/acc_positive"] + expected["val/acc_color"] - 1)
+
+
+def test_a_video_run_trains_and_eval_reproduces_it_from_the_checkpoint(make_cfg):
+    """``train.py data=shapes_video`` shrunk, then ``eval.py ckpt_path=...``: the video encoder (its frame
+    encoder built without reading weights, the checkpoint has them) gives the same validation metrics."""
+    from pathlib import Path
+
+    from mmfuse.evaluate import evaluate
+    from mmfuse.train import train
+
+    cfg = make_cfg("data=shapes_video", *FAST, "data.num_train=32", "data.num_val=32", "data.num_test=0",
+                   "data.batch_size=16", "checkpoint_frozen_encoders=false", subdir="train")
+    trained = train(cfg)
+    assert trained["status"] == "completed" and trained["encoded_samples"]["video"] > 0
+    assert trained["params"]["video_encoder"] > 0 and "image_encoder" not in trained["params"]
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    evaluated = evaluate(make_cfg(f"ckpt_path={ckpt}", subdir="eval", config_name="eval"))
+    val = {k: v for k, v in trained["metrics"].items() if k.startswith("val/")}
+    assert "val/j_order" in val and "val/acc_direction" in val
+    assert {k: v for k, v in evaluated["metrics"].items() if k.startswith("val/")} == pytest.approx(val, abs=1e-6)

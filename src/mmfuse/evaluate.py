@@ -30,7 +30,7 @@ from hydra import compose
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from mmfuse.builder import build_datamodule, build_module
+from mmfuse.builder import build_datamodule, build_module, configured_modalities
 from mmfuse.checkpoint_file import load_checkpoint
 from mmfuse.frozen_weights import source_overrides
 from mmfuse.module import CONFIG_KEY
@@ -159,8 +159,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             carry_data_settings(eval_cfg, saved, user)
             for section in MODEL_SECTIONS:
                 eval_cfg[section] = OmegaConf.create(saved["config"][section])
-            for enc in ("image", "text"):
-                eval_cfg.encoder[enc]["load_weights"] = False  # the checkpoint has them
+            for enc in configured_modalities(eval_cfg):  # the checkpoint has their weights
+                target = eval_cfg.encoder[enc]
+                (target.frame if enc == "video" else target)["load_weights"] = False
         if cfg.get("seed") is not None:
             L.seed_everything(int(cfg.seed), workers=True, verbose=False)
         module = build_module(eval_cfg, saved)

@@ -25,7 +25,9 @@ from mmfuse.errors import MMFuseError
 from mmfuse.features.keys import update_tensor
 
 FROZEN_KEY = "mmfuse_frozen"
-SIDES = ("image", "text")
+# encoders whose frozen weights may be left out (a video encoder's come from its nested frame config:
+# always stored)
+SIDES = ("image", "audio", "text")
 SOURCE_KEYS = ("pretrained", "weights_dir", "name_or_path")  # where an encoder's weights come from
 
 
@@ -76,7 +78,7 @@ def leave_out(state_dict: dict[str, Any], encoders: dict[str, nn.Module],
     """Remove the rebuildable encoders' entries from ``state_dict``; what ``put_back`` needs."""
     record = {}
     for side in SIDES:
-        if not rebuildable(encoders[side], encoder_cfgs[side]):
+        if side not in encoders or not rebuildable(encoders[side], encoder_cfgs.get(side) or {}):
             continue
         keys = [k for k in state_dict if k.startswith(prefix(side))]
         tensors = {k[len(prefix(side)):]: state_dict[k] for k in keys}

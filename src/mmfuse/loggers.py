@@ -30,7 +30,8 @@ from mmfuse.runinfo import group_choices, hydra_runtime, is_global_zero, is_mult
 
 log = logging.getLogger(__name__)
 
-TAGGED_GROUPS = {"fusion": "fusion", "encoder.image": "image", "encoder.text": "text", "data": "data", "task": "task"}
+TAGGED_GROUPS = {"fusion": "fusion", "encoder.image": "image", "encoder.video": "video", "encoder.audio": "audio",
+                 "encoder.text": "text", "data": "data", "task": "task"}  # a group set to none gives no tag
 MAX_TAG = 64  # W&B's limit on a tag's length
 
 
@@ -49,7 +50,8 @@ def run_identity() -> dict[str, Any]:
     """Group, name and tags of this job, from Hydra's runtime (see the module docstring)."""
     hc = hydra_runtime()
     choices = group_choices()
-    tags = [f"{short}:{choices[group]}"[:MAX_TAG] for group, short in TAGGED_GROUPS.items() if choices.get(group)]
+    tags = [f"{short}:{choices[group]}"[:MAX_TAG] for group, short in TAGGED_GROUPS.items()
+            if choices.get(group) not in (None, "", "none")]
     if hc is None:
         return {"group": None, "name": None, "tags": tags}
     output_dir = Path(hc.runtime.output_dir)

@@ -132,7 +132,8 @@ class ClipStore:
 
 class VideoPairDataset(PairDataset):
     """``PairDataset`` over a clip store: its batches name the visual side ``video`` / ``video_id``
-    (``video_features`` from a feature store) instead of ``image`` / ``image_id``; a store of a frozen
+    (``video_features`` from a feature store) instead of ``image`` / ``image_id`` (``image_id`` is kept
+as well: the item index that ITM and retrieval read); a store of a frozen
     frame encoder's per-frame outputs (``per_frame``, see ``mmfuse.features.store``) gives
     ``video_frame_features``."""
 
@@ -145,7 +146,10 @@ class VideoPairDataset(PairDataset):
         return super()._images(idx)
 
     def __getitems__(self, indices: Any) -> dict[str, Any]:
-        return {self.RENAMED.get(k, k): v for k, v in super().__getitems__(indices).items()}
+        batch = {self.RENAMED.get(k, k): v for k, v in super().__getitems__(indices).items()}
+        if "video_id" in batch:  # the item index ITM and retrieval read (mmfuse.data.pairs)
+            batch["image_id"] = batch["video_id"]
+        return batch
 
 
 class ShapesVideoDataModule(MMFuseDataModule):

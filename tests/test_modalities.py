@@ -202,3 +202,43 @@ def test_video_text_retrieval_ranks_clips_for_captions(make_cfg):
     m = train(cfg)["metrics"]
     assert m["val/rsum"] == pytest.approx(sum(m[f"val/{d}_r{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10)))
     assert m["val/i2t_r10"] >= m["val/i2t_r5"] >= m["val/i2t_r1"] and m["val/t2i_r10"] > 0
+
+
+def test_embedded_clips_refuse_another_frame_count_from_the_encoder(make_cfg):
+    from mmfuse.builder import build_datamodule
+
+    cfg = make_cfg("data=shapes_video", "encoder.video.frames=12", "encoder.video.temporal=transformer",
+                   "data.num_train=4", "data.num_val=4", "data.num_test=0")
+    dm = build_datamodule(cfg, build_module(cfg))
+    with pytest.raises(MMFuseError, match=r"^encoder.video.frames=12 but data=shapes_video clips have data.frames=8"):
+        dm.setup("fit")
+
+
+def test_a_context_other_than_text_takes_the_y_role_in_every_pair():
+    """fusion=film over image + video + text with fusion.context=video: video modulates each other modality
+    (y = the context), even where it comes after it (image) or before it (text) in MODALITIES order."""
+    cfg = OmegaConf.create({"fusion": {"_target_": "mmfuse.fusion.pooled.FiLMFusion", "stage": "mid", "dim": 4,
+                                       "context": "video"}})
+    fusion = build_fusion(cfg, {"image": 3, "video": 5, "text": 2})
+    assert {m: (f.x, f.y) for m, f in fusion.pairs.items()} == {"image": ("image", "video"), "text": ("text", "video")}
+    assert fusion.pairs["text"].gamma.in_features == 5 and fusion.pairs["text"].proj_text.in_features == 2
+
+
+def test_a_two_input_fusion_survives_deepcopy():
+    import copy
+
+    cfg = OmegaConf.create({"fusion": {"_target_": f"{__name__}.OldMatchFusion", "stage": "mid", "dim": 3}})
+    fusion = build_fusion(cfg, {"image": 4, "text": 5})
+    twin = copy.deepcopy(fusion)
+    for p in twin.parameters():
+        torch.nn.init.zeros_(p)
+    x = {m: EncoderOutput(torch.ones(1, d), torch.zeros(1, 1, d), torch.ones(1, 1, dtype=torch.bool))
+         for m, d in (("image", 4), ("text", 5))}
+    assert torch.equal(twin(x), torch.zeros(1, 6)) and not torch.equal(fusion(x), torch.zeros(1, 6))
+
+
+def test_late_output_keeps_its_two_input_form():
+    u, v = torch.ones(2, 3), torch.zeros(2, 3)
+    out = LateOutput(u, v)
+    assert list(out) == ["image", "text"] and out.image is u and out["text"] is v
+    assert list(LateOutput(video=u, text=v)) == ["video", "text"]

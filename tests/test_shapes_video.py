@@ -244,7 +244,8 @@ def test_batches_carry_video_text_labels_and_types():
     dm = small_dm()
     dataset = dm.build_split("train")
     batch = dataset[torch.arange(6)]
-    assert set(batch) == {"video", "input_ids", "attention_mask", "label", "pair_type", "video_id", "text_id"}
+    assert set(batch) == {"video", "input_ids", "attention_mask", "label", "pair_type", "video_id", "image_id", "text_id"}
+    assert torch.equal(batch["image_id"], batch["video_id"])  # the item index ITM / retrieval read
     videos = dm.rendered("train")[1]
     assert batch["video"].dtype == torch.float32 and batch["video"].shape == (6, FRAMES, 3, SIZE, SIZE)
     assert torch.equal(batch["video_id"], torch.tensor([0, 0, 1, 1, 2, 2]))

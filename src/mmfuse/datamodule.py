@@ -90,6 +90,14 @@ class MMFuseDataModule(L.LightningDataModule):
                 f"{where} provides {', '.join(self.modalities)}, but encoder.{missing[0]} is configured and the data "
                 f"has no {missing[0]}: set encoder.{missing[0]}=none, or choose a dataset with {missing[0]}")
 
+    def check_video_frames(self, frames: int, where: str) -> None:
+        """For data whose clips have ``frames`` frames: one line when the video encoder asks for another
+        number (``encoder.video.frames``, which only datasets of video files can honour)."""
+        wanted = getattr(self.transforms.get("video"), "frames", None)
+        if wanted is not None and int(wanted) != int(frames):
+            raise MMFuseError(f"encoder.video.frames={wanted} but {where} clips have data.frames={frames} frames: set "
+                              f"data.frames={wanted} (or leave encoder.video.frames at its default, data.frames)")
+
     # -- to implement -------------------------------------------------------------------------------
     def build_split(self, name: str) -> Dataset | None:
         raise NotImplementedError

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -28,8 +28,15 @@ MODALITIES: tuple[str, ...] = ("image", "video", "audio", "text")
 class LateOutput(dict):
     """What a late fusion returns: one embedding per modality ``{name: [B, D]}``, combined by the task.
 
-    A ``dict`` in ``MODALITIES`` order; ``out.image`` reads ``out["image"]``.
+    A ``dict`` in ``MODALITIES`` order; ``out.image`` reads ``out["image"]``. ``LateOutput(u, v)``, the
+    two-input form late fusions used before N modalities, is ``{"image": u, "text": v}`` (iterating a
+    ``LateOutput`` gives its modality names, as a dict's keys: unpack ``out["image"], out["text"]``).
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if len(args) == 2 and all(isinstance(a, torch.Tensor) for a in args):
+            args, kwargs = (), {"image": args[0], "text": args[1], **kwargs}
+        super().__init__(*args, **kwargs)
 
     def __getattr__(self, name: str) -> torch.Tensor:
         try:

@@ -70,7 +70,7 @@ class JSONLDataModule(MediaCaptionDataModule):
 
     @property
     def modalities(self) -> tuple[str, ...]:  # type: ignore[override]
-        """The item modalities some record of the first split file names, then text (image + text when
+        """The item modalities some record of the first split file names (a string path), then text (image + text when
         none does, or the file is absent: reading it then says what is wrong)."""
         if self._modalities is None:
             found: set[str] = set()
@@ -78,7 +78,7 @@ class JSONLDataModule(MediaCaptionDataModule):
             path = self.root / str(first)
             if first is not None and path.is_file():
                 for _, record in self._lines(path, BadRecords(self.dataset_name, "?", [path]), check=False):
-                    found.update(m for m in ITEM_MODALITIES if self.keys[m] in record)
+                    found.update(m for m in ITEM_MODALITIES if isinstance(record.get(self.keys[m]), str))
             self._modalities = (*(m for m in ITEM_MODALITIES if m in found), "text") if found else ("image", "text")
         return self._modalities
 

@@ -26,7 +26,9 @@ low-rank fusion kept its factors in a Python list).
 
 from __future__ import annotations
 
+import contextvars
 import inspect
+import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -153,14 +155,21 @@ def two_input(make: Callable[..., nn.Module], cls: type, dims: Mapping[str, int]
         raise MMFuseError(f"fusion {cls.__name__} takes (image_dim, text_dim): image + text only, and this run has "
                           f"{', '.join(dims)}; write it as Fusion(dims) with forward(inputs) (README: Adding your own)")
     fusion = make(image_dim=dims["image"], text_dim=dims["text"])
-    pair_forward = fusion.forward
-    fusion.forward = lambda inputs: pair_forward(inputs["image"], inputs["text"])
+    fusion.forward = types.MethodType(_two_input_forward, fusion)  # a bound method: deepcopy rebinds it
     return fusion
+
+
+def _two_input_forward(self: nn.Module, inputs: Mapping[str, EncoderOutput]) -> Any:
+    return type(self).forward(self, inputs["image"], inputs["text"])
+
+
+# (x, y) roles for the next PairFusion built (set by mmfuse.fusion.pairs around each pair it builds)
+PAIR_ROLES: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar("PAIR_ROLES", default=None)
 
 
 class PairFusion(Fusion):
     """A fusion defined on two inputs: ``x`` (``self.x``, the first modality in ``MODALITIES`` order)
-    and ``y`` (``self.y``: text when text is one of them). With more than two modalities the builder
+    and ``y`` (``self.y``: text when text is one of them; in a context pair, the context). With more than two modalities the builder
     wraps it in ``mmfuse.fusion.pairs.ContextPairs`` (one copy per pair with ``fusion.context``)."""
 
     arity = "pair"
@@ -168,7 +177,8 @@ class PairFusion(Fusion):
 
     def __init__(self, dims: Mapping[str, int]) -> None:
         super().__init__(dims)
-        self.x, self.y = self.modalities
+        roles = PAIR_ROLES.get()
+        self.x, self.y = roles if roles is not None and set(roles) == set(self.modalities) else self.modalities
 
     @property
     def dim_x(self) -> int:

@@ -1,7 +1,8 @@
 """The rule for a pairwise fusion given more than two modalities: each one paired with a context.
 
 ``z = [f_{m_1}(x_{m_1}, x_c); …; f_{m_k}(x_{m_k}, x_c)]`` for the modalities ``m_i ≠ c`` in
-``MODALITIES`` order, where ``c = fusion.context`` (text by default: the caption or question that each
+``MODALITIES`` order (``x_m`` in the pairwise fusion's ``x`` role, the context in its ``y`` role,
+whatever their order in ``MODALITIES``), where ``c = fusion.context`` (text by default: the caption or question that each
 of the other inputs is read against) and each ``f_m`` is its own copy of the pairwise fusion (its own
 parameters). ``out_dim = Σ_m out_dim(f_m)``; parameters ``Σ_m P_f(D_m, D_c)``. With two modalities the
 builder builds the pairwise fusion itself, so its state dict keys are those of an image-text run.
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from mmfuse.errors import MMFuseError
-from mmfuse.fusion.base import Fusion, ordered_dims
+from mmfuse.fusion.base import PAIR_ROLES, Fusion, ordered_dims
 from mmfuse.types import EncoderOutput
 
 
@@ -37,7 +38,15 @@ class ContextPairs(Fusion):
         super().__init__(dims)
         self.context = context
         pairs = context_pairs(self.dims, context)
-        self.pairs = nn.ModuleDict({next(m for m in pair if m != context): make(pair) for pair in pairs})
+        built = {}
+        for pair in pairs:
+            m = next(k for k in pair if k != context)
+            token = PAIR_ROLES.set((m, context))  # x = the modality, y = the context, whatever their order
+            try:
+                built[m] = make(pair)
+            finally:
+                PAIR_ROLES.reset(token)
+        self.pairs = nn.ModuleDict(built)
         first = next(iter(self.pairs.values()))
         self.stage, self.needs_tokens = first.stage, first.needs_tokens
         self.out_dim = sum(f.out_dim for f in self.pairs.values())

@@ -99,6 +99,7 @@ class ShapesAVDataModule(MMFuseDataModule):
     def build_split(self, name: str) -> AVDataset | None:
         if self.sizes[name] == 0:
             return None
+        self.check_video_frames(self.frames, "data=shapes_av")
         s = self.rendered(name)
         distinct, text_index = unique_texts(s.texts)
         rules = torch.from_numpy(s.rules).long()

@@ -219,6 +219,7 @@ class ShapesVideoDataModule(MMFuseDataModule):
         video_index, texts, types = self.pairs(name)
         distinct, text_index = unique_texts(texts)
         types_t = torch.tensor(types, dtype=torch.long)
+        self.check_video_frames(self.frames, "data=shapes_video")
         return VideoPairDataset(
             images=ClipStore(self.videos(name)),
             text=self.tokenizer(distinct),

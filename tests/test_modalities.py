@@ -242,3 +242,25 @@ def test_late_output_keeps_its_two_input_form():
     out = LateOutput(u, v)
     assert list(out) == ["image", "text"] and out.image is u and out["text"] is v
     assert list(LateOutput(video=u, text=v)) == ["video", "text"]
+
+
+def test_a_cache_file_of_garbage_bytes_is_made_again_and_a_planted_object_refused(tmp_path):
+    import os
+
+    from mmfuse.data.atomic import atomic_torch_save, load_plain
+
+    garbage = tmp_path / "g.pt"
+    garbage.write_bytes(b"not a torch file at all")
+    assert load_plain(garbage) is None  # damaged: made again (it used to be refused as code)
+    good = tmp_path / "ok.pt"
+    atomic_torch_save({"x": torch.arange(3), "names": ["a"]}, good)
+    assert load_plain(good)["names"] == ["a"]
+
+    class Planted:
+        def __reduce__(self):
+            return (os.getcwd, ())
+
+    planted = tmp_path / "p.pt"
+    torch.save({"x": Planted()}, planted)
+    with pytest.raises(MMFuseError, match=r"holds Python objects other than tensors"):
+        load_plain(planted)

@@ -13,6 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from mmfuse.errors import MMFuseError
+
 
 def _umask_now() -> int | None:
     """The process's umask from ``/proc/self/status`` (Linux 4.7+), read without changing it; None elsewhere."""
@@ -68,3 +70,23 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 def atomic_write_json(obj: Any, path: str | Path) -> None:
     data = (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode()
     _replace_from_temp(Path(path), lambda f: f.write(data))
+
+
+def load_plain(path: Path, field: str = "data.cache_dir") -> Any:
+    """A cache file written by ``atomic_torch_save`` of plain data (tensors, lists, dicts, strings,
+    numbers), read with ``weights_only=True``; None when it is damaged (truncated, not a torch file: to
+    be made again). A file that names other Python objects (which could run code when loaded) is refused
+    with one line, not loaded."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "GLOBAL" not in str(e):  # garbage bytes fail in the unpickler too, without naming any object
+            return None
+        raise MMFuseError(f"{field}: {path} holds Python objects other than tensors and plain containers, which "
+                          "could run code when loaded; it was not loaded. Fix: delete it (it is drawn again)") from None
+    except Exception:  # a damaged cache file is simply made again
+        return None

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 from collections.abc import Mapping, Sequence
 from dataclasses import astuple
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmfuse.data.atomic import atomic_torch_save
+from mmfuse.data.atomic import atomic_torch_save, load_plain
 from mmfuse.data.pairs import PairDataset, TensorImages, unique_texts
 from mmfuse.data.shapes.negatives import NEGATIVE_TYPES, make_negative
 from mmfuse.data.shapes.scene import Caption, Obj, Scene, describe, draw, sample_scene
@@ -94,13 +93,8 @@ def parse_curriculum(curriculum: Sequence[Mapping[str, Any]] | None) -> list[tup
 
 def load_cached_split(path: Path) -> tuple[list[Scene], list[Caption], torch.Tensor] | None:
     """A cache file written by ``_load_or_render``, or None when it is damaged (to be drawn again)."""
-    try:
-        cached = torch.load(path, weights_only=True)
-    except pickle.UnpicklingError:
-        raise MMFuseError(f"data.cache_dir: {path} holds Python objects other than tensors and plain "
-                          "containers, which could run code when loaded; it was not loaded. Fix: delete it "
-                          "(it is drawn again)") from None
-    except Exception:  # a damaged cache file is simply redrawn
+    cached = load_plain(path)
+    if cached is None:
         return None
     try:
         scenes = [Scene(tuple(Obj(*o) for o in objects)) for objects in cached["scenes"]]  # type: ignore[arg-type]

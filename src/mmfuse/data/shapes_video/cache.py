@@ -12,29 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import torch
-
-from mmfuse.data.atomic import atomic_torch_save
-from mmfuse.errors import MMFuseError
+from mmfuse.data.atomic import atomic_torch_save, load_plain
 
 T = TypeVar("T")
-
-
-def load_plain(path: Path) -> dict[str, Any] | None:
-    """The file's plain data, or None when it cannot be read (damaged)."""
-    try:
-        return torch.load(path, weights_only=True)
-    except pickle.UnpicklingError:
-        raise MMFuseError(f"data.cache_dir: {path} holds Python objects other than tensors and plain "
-                          "containers, which could run code when loaded; it was not loaded. Fix: delete it "
-                          "(it is drawn again)") from None
-    except Exception:  # a damaged cache file is simply redrawn
-        return None
 
 
 def cached(cache_dir: Path | None, split: str, key: list[Any], render: Callable[[], dict[str, Any]],

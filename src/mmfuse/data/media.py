@@ -21,6 +21,14 @@ Batches of ``MediaPairDataset``: each modality of the items (``image [B, 3, H, W
 [B, T, 3, H, W]``, ``audio [B, S_max]`` right-padded with zeros and ``audio_mask [B, S_max]``, True on
 real samples), ``input_ids`` / ``attention_mask``, ``image_id`` (the item's index: what ITM and
 retrieval read, whatever the item's modality) / ``text_id``, and the per-pair fields.
+
+Feature cache (``mmfuse.features``): ``feature_sources()`` gives, per decoded modality, a
+``FeatureSource`` (``load(i)``: item ``i``'s file as a batch holds it; ``describe()``; ``fingerprint()``:
+that modality's paths, sizes and mtimes). The cache puts its stores into ``cached`` (``{modality:
+store}``, ``store.features(ids) -> EncoderOutput``) and / or ``text``; those modalities are then not
+decoded, batches carry ``<modality>_features`` (``video_frame_features`` for a per-frame store), and an
+item whose file failed while the cache encoded it (``store.failed``, ``{index: reason}``) drops its pairs
+with the warning an uncached run gives.
 """
 
 from __future__ import annotations
@@ -43,6 +51,12 @@ from mmfuse.data.images import decode_file
 from mmfuse.data.validation import check_image_file
 from mmfuse.data.video_files import read_video
 from mmfuse.errors import MMFuseError
+
+
+def describe(transform: Any) -> str:
+    from mmfuse.features.keys import describe_transform  # imported late: mmfuse.features imports the model
+
+    return describe_transform(transform)
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +83,35 @@ def pad_audio(waves: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor
     for row, w in enumerate(waves):
         audio[row, :len(w)], mask[row, :len(w)] = w, True
     return audio, mask
+
+
+class FeatureSource:
+    """What the feature cache encodes for one modality of a split: ``n`` items, ``load(i)`` (a float
+    tensor as the batch holds it: video ``[T, 3, H, W]``, audio ``[S]`` at the encoder's rate, image
+    ``[3, H, W]``), ``describe()`` (the preprocessing, part of the cache key), ``fingerprint()`` (the
+    data, part of the key) and ``fail(i, reason)`` (called when ``load(i)`` raised while encoding)."""
+
+    def __init__(self, n: int, load: Any, description: str, fingerprint: Any, fail: Any = None) -> None:
+        self.n, self.load, self.description, self._fingerprint = n, load, description, fingerprint
+        self._fail = fail
+
+    def __len__(self) -> int:
+        return self.n
+
+    def describe(self) -> str:
+        return self.description
+
+    def fingerprint(self) -> str:
+        return self._fingerprint()
+
+    def fail(self, i: int, reason: str) -> None:
+        if self._fail is not None:
+            self._fail(i, reason)
+
+
+def features_key(modality: str, store: Any) -> str:
+    """The batch key of a feature store's outputs: ``video_frame_features`` for per-frame features."""
+    return "video_frame_features" if getattr(store, "per_frame", False) else f"{modality}_features"
 
 
 class MediaFiles:
@@ -103,21 +146,35 @@ class MediaFiles:
         seconds = self.audio_max_seconds if whole else QUICK_SECONDS
         return read_audio(path, t.sample_rate, field=field, max_seconds=seconds)
 
-    def load(self, i: int) -> dict[str, torch.Tensor]:
-        """Item ``i``'s files of the modalities in ``fields`` (those an encoder reads)."""
-        return {m: self.load_file(m, self.items[i].paths[m]) for m in self.fields}
+    def load(self, i: int, skip: Any = ()) -> dict[str, torch.Tensor]:
+        """Item ``i``'s files of the modalities in ``fields`` (those an encoder reads), but ``skip``."""
+        return {m: self.load_file(m, self.items[i].paths[m]) for m in self.fields if m not in skip}
 
-    def failures(self) -> list[str]:
-        return [str(self.items[i]) for i in torch.nonzero(self.failed).flatten().tolist()]
-
-    def fingerprint(self) -> str:
-        """A hash of the file paths, sizes and modification times."""
+    def fingerprint(self, modality: str | None = None) -> str:
+        """A hash of the file paths, sizes and modification times (of ``modality`` only, if given)."""
         h = hashlib.sha256()
         for item in self.items:
             for m, p in item.paths.items():
-                st = p.stat()
-                h.update(f"{m}\0{p.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+                if modality is None or m == modality:
+                    st = p.stat()
+                    h.update(f"{m}\0{p.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         return h.hexdigest()
+
+    def source(self, modality: str) -> FeatureSource:
+        """The feature cache's view of one modality (see ``FeatureSource``); a file that fails marks its
+        item ``failed`` with the warning a batch gives."""
+        t = self.transforms.get(modality)
+        extra = f", audio_max_seconds={self.audio_max_seconds}" if modality == "audio" else ""
+        extra += f", max_pixels={self.max_pixels}" if modality == "image" else ""
+
+        def fail(i: int, reason: str) -> None:
+            self.failed[i] = True
+            log.warning("skipping the pairs of %s in every batch: %s", self.items[i], reason)
+        return FeatureSource(len(self), lambda i: self.load_file(modality, self.items[i].paths[modality]),
+                             f"{modality}: {describe(t)}{extra}", lambda: self.fingerprint(modality), fail)
+
+    def failures(self) -> list[str]:
+        return [str(self.items[i]) for i in torch.nonzero(self.failed).flatten().tolist()]
 
     # -- checks before training --------------------------------------------------------------------
     def problem(self, i: int, mode: str) -> str | None:
@@ -156,6 +213,7 @@ class MediaPairDataset(torch.utils.data.Dataset):
     def __init__(self, items: MediaFiles, text: dict[str, torch.Tensor], item_index: torch.Tensor,
                  text_index: torch.Tensor, fields: dict[str, torch.Tensor] | None = None) -> None:
         self.items, self.text = items, text
+        self.cached: dict[str, Any] = {}  # {modality: feature store}, set by the feature cache
         self.item_index, self.text_index = item_index.long(), text_index.long()
         self.fields = fields or {}
         for name, t in {"text_index": text_index, **self.fields}.items():
@@ -165,9 +223,17 @@ class MediaPairDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.item_index)
 
+    def feature_sources(self) -> dict[str, FeatureSource]:
+        return {m: self.items.source(m) for m in self.items.fields}
+
     def _load(self, i: int) -> dict[str, torch.Tensor] | None:
+        for store in self.cached.values():
+            if i in getattr(store, "failed", {}):
+                self.items.failed[i] = True
+                log.warning("skipping the pairs of %s in this batch: %s", self.items.items[i], store.failed[i])
+                return None
         try:
-            return self.items.load(i)
+            return self.items.load(i, skip=self.cached)
         except Exception as e:
             self.items.failed[i] = True
             last = (str(e).strip().splitlines() or [""])[-1].strip()
@@ -194,15 +260,21 @@ class MediaPairDataset(torch.utils.data.Dataset):
                 batch["audio"], batch["audio_mask"] = pad_audio([r["audio"] for r in rows])
             else:
                 batch[m] = torch.stack([r[m] for r in rows])
-        mask = self.text["attention_mask"][text_id]
-        length = max(int(mask.sum(1).max()), 1)  # drop columns that are padding for the whole batch
-        batch.update(input_ids=self.text["input_ids"][text_id, :length], attention_mask=mask[:, :length],
-                     image_id=item_id, text_id=text_id)
+        for m, store in self.cached.items():
+            batch[features_key(m, store)] = store.features(item_id)
+        if hasattr(self.text, "features"):
+            batch["text_features"] = self.text.features(text_id)
+        else:
+            mask = self.text["attention_mask"][text_id]
+            length = max(int(mask.sum(1).max()), 1)  # drop columns that are padding for the whole batch
+            batch.update(input_ids=self.text["input_ids"][text_id, :length], attention_mask=mask[:, :length])
+        batch.update(image_id=item_id, text_id=text_id)
         batch.update({name: t[pairs] for name, t in self.fields.items()})
         return batch
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return {k: v[0] for k, v in self.__getitems__([i]).items()}
+        return {k: type(v)(*(t[0] for t in v)) if isinstance(v, tuple) else v[0]
+                for k, v in self.__getitems__([i]).items()}
 
 
 class MediaCaptionDataModule(CaptionDataModule):

@@ -10,6 +10,14 @@ a video encoder whose frame encoder is fully frozen and whose temporal model tra
 (``temporal=transformer``) has its frame encoder's outputs cached (side ``video_frames``,
 ``CachedFrameFeatures``, batches carry ``video_frame_features``) and only the temporal model runs.
 
+Splits that are not a ``PairDataset`` but offer ``feature_sources()`` (``MediaPairDataset``: video /
+audio / image files; ``AVDataset``: data=shapes_av) are cached too: each frozen side whose modality has
+a source (``mmfuse.data.media.FeatureSource``: ``load(i)``, ``describe()``, ``fingerprint()``) is
+encoded from it and its store put into the split's ``cached[modality]``; the text side replaces
+``text`` as for a ``PairDataset``. An item that fails to load while encoding is handled as training
+handles it (the source marks it failed and warns); its row is listed in the entry's ``failed``
+(``{index: reason}``, ``CachedFeatures.failed``) and the dataset drops its pairs from every batch.
+
 Sides (the names in ``report`` and ``results.json``): ``image``, ``video``, ``video_frames``, ``audio``,
 ``text``. Sounds are encoded longest first, right-padded, with ``audio_mask`` (see ``encode``).
 
@@ -130,10 +138,13 @@ class FeatureCache:
                                             "weights_sha256": weights_digest(encoder)}
         return self._encoder_identity[side]
 
-    def key_parts(self, side: str, dataset: PairDataset, regime: str, tokens: bool) -> dict[str, Any]:
+    def key_parts(self, side: str, dataset: Any, regime: str, tokens: bool, source: Any = None) -> dict[str, Any]:
         parts: dict[str, Any] = {"format": FORMAT_VERSION, "side": side, "encoder": self.encoder_identity(side),
                                  "regime": regime, "dtype": self.settings.dtype, "tokens": tokens}
-        if side != "text":
+        if source is not None:
+            parts["transform"] = source.describe()
+            parts["data"] = f"source:{source.fingerprint()}"
+        elif side != "text":
             parts["transform"] = describe_transform(dataset.transform)
             parts["data"] = images_fingerprint(dataset.images)
         else:
@@ -157,6 +168,9 @@ class FeatureCache:
               autocast: Any) -> dict[str, Dataset | None]:
         out: dict[str, Dataset | None] = {}
         for name, dataset in splits.items():
+            if dataset is not None and not isinstance(dataset, PairDataset) and hasattr(dataset, "feature_sources"):
+                out[name] = self._wrap_sources(name, dataset, sides, device, regime, autocast)
+                continue
             if not isinstance(dataset, PairDataset):
                 if dataset is not None:
                     log.info("feature cache: split %s is a %s, not a PairDataset; not cached", name, type(dataset).__name__)
@@ -176,16 +190,36 @@ class FeatureCache:
             out[name] = dataset
         return out
 
-    def features_for(self, side: str, split: str, dataset: PairDataset, device: torch.device, regime: str,
-                     autocast: Any) -> CachedFeatures:
+    def _wrap_sources(self, name: str, dataset: Any, sides: list[str], device: torch.device, regime: str,
+                      autocast: Any) -> Any:
+        """A copy of a split with ``feature_sources()`` whose frozen sides read cached features."""
+        dataset = copy.copy(dataset)
+        dataset.cached = dict(dataset.cached)
+        sources = dataset.feature_sources()
+        for side in sides:
+            modality = side_modality(side)
+            if side != "text" and modality not in sources:
+                log.info("feature cache: split %s has no %s items; its %s side is not cached", name, modality, side)
+                continue
+            store = self.features_for(side, name, dataset, device, regime, autocast, sources.get(modality))
+            if side == "text":
+                dataset.text = store
+            else:
+                dataset.cached[modality] = store
+        return dataset
+
+    def features_for(self, side: str, split: str, dataset: Any, device: torch.device, regime: str,
+                     autocast: Any, source: Any = None) -> CachedFeatures:
         tokens = self.with_tokens_for(side)
-        parts = self.key_parts(side, dataset, regime, tokens)
+        source = None if side == "text" else source
+        parts = self.key_parts(side, dataset, regime, tokens, source)
         key = key_of(parts)
         if not tokens and self.settings.mode == "auto":  # an entry with tokens also serves pooled-only use
             full = key_of({**parts, "tokens": True})
             if self._valid(self.root / full):
                 return self._use(split, side, full, "hit", tokens)
-        _, status = self.entry(key, parts, lambda w: self._encode(w, side, split, dataset, device, autocast, tokens))
+        _, status = self.entry(key, parts, lambda w: self._encode(w, side, split, dataset, device, autocast, tokens,
+                                                                 source))
         return self._use(split, side, key, status, tokens)
 
     def _use(self, split: str, side: str, key: str, status: str, tokens: bool) -> CachedFeatures:
@@ -233,12 +267,22 @@ class FeatureCache:
                 raise
         return path, "rebuilt" if (reason or (rebuild and existed)) else "built"
 
-    def _encode(self, writer: EntryWriter, side: str, split: str, dataset: PairDataset, device: torch.device,
-                autocast: Any, tokens: bool) -> dict[str, Any]:
+    def _encode(self, writer: EntryWriter, side: str, split: str, dataset: Any, device: torch.device,
+                autocast: Any, tokens: bool, source: Any = None) -> dict[str, Any]:
         s = self.settings
         dtype = as_numpy_dtype(s.dtype)
         encoder = self.encoder(side).to(device)
         name = type(encoder).__name__
+        if source is not None:
+            failed: dict[int, str] = {}
+            batches = enc.source_batches(source, s.batch_size, s.num_workers or 0, device, side == "audio", failed)
+            encode = {"audio": self.model.encode_audio,
+                      "image": lambda x: self.model.encode_image({"image": x})}.get(side) or self._video_encode(side)
+            info = enc.encode_into(writer, batches, encode, len(source), tokens, dtype,
+                                   f"encoding {split} {side} items ({name})", autocast=autocast())
+            # JSON keys are strings; CachedFeatures.failed gives them back as ints
+            return {"side": side, "split": split, "samples": len(source), "dtype": s.dtype, "tokens": tokens,
+                    "failed": {str(i): r for i, r in sorted(failed.items())}, **info}
         if side in ("video", "video_frames"):
             batches = enc.image_batches(dataset.images, dataset.transform, s.batch_size, s.num_workers or 0, device,
                                         decode_on_device=False)

@@ -7,6 +7,9 @@ Images come in store order, in batches, from whichever the store offers:
   transform runs there (other formats are decoded by the workers);
 - ``load(i)``: DataLoader workers decode and transform, batches are pinned for the copy to a GPU.
 Clips (``video``) come as images do, through ``load(i)`` and the transform, as ``[B, T, 3, H, W]``.
+Items of a split that is not a ``PairDataset`` come from a ``FeatureSource`` (``source_batches``):
+workers load them; an item that fails is reported to the source (``fail``), left out (its row stays
+zero) and listed in the returned ``failed``.
 Texts and sounds are encoded in order of length (so that a batch pads little) and written back to their
 rows.
 
@@ -31,6 +34,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from mmfuse.data.media import pad_audio
 from mmfuse.errors import MMFuseError
 from mmfuse.features.storage import EntryWriter
 from mmfuse.types import EncoderOutput
@@ -134,9 +138,17 @@ def text_batches(text: dict[str, torch.Tensor], batch_size: int, device: torch.d
                              for k in ("input_ids", "attention_mask")}
 
 
-def audio_batches(store: Any, transform: Callable[[torch.Tensor], torch.Tensor], batch_size: int,
+def _wave(store: Any, transform: Callable[..., torch.Tensor], i: int) -> torch.Tensor:
+    """``transform(wave, store.sample_rate)`` (an ``AudioTransform``) when the store knows its rate, else
+    ``transform(wave)``."""
+    rate = getattr(store, "sample_rate", None)
+    return transform(store.load(i)) if rate is None else transform(store.load(i), rate)
+
+
+def audio_batches(store: Any, transform: Callable[..., torch.Tensor], batch_size: int,
                   device: torch.device) -> Batches:
-    """Waveforms ``transform(store.load(i))`` (float ``[S_i]``) in order of length, longest first (so that
+    """Waveforms ``transform(store.load(i), store.sample_rate)`` (``transform(store.load(i))`` for a store
+    without ``sample_rate``; float ``[S_i]``) in order of length, longest first (so that
     the first batch has the most tokens), right-padded with zeros: ``{"audio": [B, S], "audio_mask":
     [B, S]}``, True on real samples. Lengths come from ``store.lengths()`` when the store has it, else
     from a first pass over the clips."""
@@ -144,17 +156,53 @@ def audio_batches(store: Any, transform: Callable[[torch.Tensor], torch.Tensor],
     if hasattr(store, "lengths"):
         lengths = torch.as_tensor(store.lengths(), dtype=torch.long)
     else:
-        lengths = torch.tensor([len(transform(store.load(i))) for i in range(n)], dtype=torch.long)
+        lengths = torch.tensor([len(_wave(store, transform, i)) for i in range(n)], dtype=torch.long)
     order = torch.argsort(lengths, descending=True, stable=True)
     for start in range(0, n, batch_size):
         rows = order[start:start + batch_size]
-        waves = [transform(store.load(int(i))) for i in rows]
-        longest = max(len(w) for w in waves)
-        audio = torch.zeros(len(waves), longest)
-        mask = torch.zeros(len(waves), longest, dtype=torch.bool)
-        for j, w in enumerate(waves):
-            audio[j, :len(w)], mask[j, :len(w)] = w, True
+        audio, mask = pad_audio([_wave(store, transform, int(i)) for i in rows])
         yield rows.numpy(), {"audio": audio.to(device), "audio_mask": mask.to(device)}
+
+
+class _Loaded(Dataset):
+    """Item ``i`` of a ``FeatureSource``: ``(i, array, None)``, or ``(i, None, reason)`` when it fails
+    (arrays, not tensors: see ``_Encoded``)."""
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, str | None]:
+        try:
+            return i, self.source.load(i).numpy(), None
+        except Exception as e:
+            last = (str(e).strip().splitlines() or [""])[-1].strip()
+            return i, None, f"{type(e).__name__}: {last}"
+
+
+def source_batches(source: Any, batch_size: int, num_workers: int, device: torch.device, audio: bool,
+                   failed: dict[int, str]) -> Batches:
+    """A ``FeatureSource``'s items in order, ``[B, ...]`` stacked, or for ``audio`` right-padded:
+    ``{"audio": [B, S], "audio_mask": [B, S]}``. Items that fail are reported (``source.fail``), put into
+    ``failed`` (``{index: reason}``) and left out of the batches."""
+    loader = DataLoader(_Loaded(source), batch_size=batch_size, num_workers=num_workers, collate_fn=_keep_list,
+                        timeout=LOADER_TIMEOUT_S if num_workers else 0)
+    for items in loader:
+        for i, _, reason in items:
+            if reason is not None:
+                failed[i] = reason
+                source.fail(i, reason)
+        good = [(i, torch.from_numpy(x)) for i, x, reason in items if reason is None]
+        if not good:
+            continue
+        rows = np.array([i for i, _ in good])
+        if audio:
+            wave, mask = pad_audio([x for _, x in good])
+            yield rows, {"audio": wave.to(device), "audio_mask": mask.to(device)}
+        else:
+            yield rows, torch.stack([x for _, x in good]).to(device)
 
 
 def _host(t: torch.Tensor, dtype: np.dtype, what: str) -> np.ndarray:

@@ -32,6 +32,8 @@ class CachedFeatures:
             raise ValueError(f"{self.entry} holds pooled features only; token sequences were asked for")
         self.with_tokens = with_tokens
         self.samples = int(self.manifest["samples"])
+        # rows whose item failed to load while encoding (zeros in the arrays): {index: reason}
+        self.failed = {int(i): reason for i, reason in self.manifest.get("failed", {}).items()}
         self._arrays: dict[str, np.ndarray] | None = None
 
     @property

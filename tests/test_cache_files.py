@@ -168,3 +168,20 @@ def test_audio_batches_give_the_store_rate_to_an_audio_transform():
     (rows, batch), = audio_batches(Sounds(), AudioTransform(16000), 2, torch.device("cpu"))
     assert rows.tolist() == [1, 0] and batch["audio"].shape == (2, 200)
     assert batch["audio_mask"].sum(1).tolist() == [200, 80]
+
+
+def test_image_and_sound_records_cache_both_frozen_encoders(make_cfg, sounds, tmp_path):
+    mixed = ("data=jsonl", f"data.root={sounds}", "encoder.audio=logmel_cnn", "encoder.audio.freeze=true",
+             "encoder.image.freeze=true", "task=classification", "data.labels=multiclass", "data.num_classes=2",
+             "data.train=mixed.jsonl", "data.val=mixed.jsonl", *SMALL)
+    module, dm = set_up(make_cfg, tmp_path, *mixed)
+    assert report(dm) == {"train/image": "built", "train/audio": "built", "val/image": "hit", "val/audio": "hit"}
+    batch = dm.splits["train"].__getitems__([1, 0])
+    assert not {"image", "audio"} & set(batch) and batch["target"].tolist() == [1, 0]
+    ref = type(dm).build_split(dm, "train").__getitems__([1, 0])
+    module.model.eval()
+    with torch.no_grad():
+        image = module.model.image_encoder(ref["image"])
+        audio = module.model.audio_encoder(ref["audio"], ref["audio_mask"])
+    torch.testing.assert_close(batch["image_features"].pooled, image.pooled, atol=1e-6, rtol=0)
+    torch.testing.assert_close(batch["audio_features"].pooled, audio.pooled, atol=1e-5, rtol=0)

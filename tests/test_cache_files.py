@@ -185,3 +185,15 @@ def test_image_and_sound_records_cache_both_frozen_encoders(make_cfg, sounds, tm
         audio = module.model.audio_encoder(ref["audio"], ref["audio_mask"])
     torch.testing.assert_close(batch["image_features"].pooled, image.pooled, atol=1e-6, rtol=0)
     torch.testing.assert_close(batch["audio_features"].pooled, audio.pooled, atol=1e-5, rtol=0)
+
+
+def test_a_frozen_text_encoder_is_cached_beside_the_clips(make_cfg, clips, tmp_path):
+    module, dm = set_up(make_cfg, tmp_path, f"data.root={clips}", *VIDEO_FROZEN, "encoder.text.freeze=true")
+    assert report(dm) == {"train/video": "built", "train/text": "built", "val/video": "hit", "val/text": "hit"}
+    assert module.model.encoded_samples == {"video": 3, "text": 3}
+    batch = dm.splits["train"].__getitems__([2, 0])
+    assert not {"input_ids", "attention_mask"} & set(batch) and batch["text_id"].tolist() == [2, 0]
+    ref = type(dm).build_split(dm, "train").__getitems__([2, 0])
+    with torch.no_grad():
+        text = module.model.text_encoder(ref["input_ids"], ref["attention_mask"])
+    torch.testing.assert_close(batch["text_features"].pooled, text.pooled, atol=1e-6, rtol=0)

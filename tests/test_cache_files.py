@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import pytest
 import test_media_datasets
 import torch
 from test_cache_media import _losses, report, set_up
@@ -125,7 +124,6 @@ def test_sound_files_with_a_frozen_logmel_encoder_are_cached(make_cfg, sounds, t
     assert on["encoded_samples"]["audio"] == 2 and hit["encoded_samples"]["audio"] == 0
 
 
-@pytest.mark.slow  # ~30 s: three short training runs
 def test_shapes_av_with_frozen_encoders(make_cfg, tmp_path):
     module, dm = set_up(make_cfg, tmp_path, *AV_FROZEN, subdir="a")
     assert dm.feature_cache.cached_sides() == ["video_frames", "audio", "text"]

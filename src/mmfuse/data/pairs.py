@@ -14,7 +14,8 @@ the index of the item a text belongs to; datasets of clips or sounds give it too
 
 A store that returns features instead of pixels (a feature cache) has ``features(indices) ->
 EncoderOutput``; its batches carry ``image_features`` / ``text_features`` instead of pixels / ids,
-and ``FusionModel`` then skips that encoder.
+and ``FusionModel`` then skips that encoder. (Datasets of other kinds, such as ``data.media`` and
+shapes_av's, give the cache their inputs through ``feature_sources()`` instead.)
 """
 
 from __future__ import annotations

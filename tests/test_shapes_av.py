@@ -20,6 +20,7 @@ from mmfuse.data.shapes_av.labels import (
     CLASS_NAMES,
     INTERACTION_TYPES,
     NUM_CLASSES,
+    RULE_GROUPS,
     RULE_PHRASES,
     RULES,
     balanced_cells,
@@ -338,5 +339,9 @@ def test_three_modality_run_end_to_end(make_cfg):
     counts = {"unimodal": 24, "bimodal": 24, "trimodal": 8}  # 56 samples, every (rule, bits) cell once
     assert all(v * counts[t] == pytest.approx(round(v * counts[t]), abs=1e-4) for t, v in by_type.items())
     assert sum(by_type[t] * counts[t] for t in counts) == pytest.approx(acc * 56, abs=1e-3)
+    by_rule = {r: results["metrics"][f"val/acc_{r}"] for r in RULE_GROUPS}  # 8 samples per rule
+    assert all(v * 8 == pytest.approx(round(v * 8), abs=1e-4) for v in by_rule.values())
+    assert sum(by_rule.values()) * 8 == pytest.approx(acc * 56, abs=1e-3)
+    assert by_type["trimodal"] == by_rule["rule_video_audio_text"]
     assert acc * 56 == pytest.approx(round(acc * 56), abs=1e-4)  # a whole number of the 56 samples
     assert results["data"]["val"]["classes"] == dict.fromkeys(CLASS_NAMES, 4)

@@ -12,7 +12,8 @@
 
 ``groups`` (optional, from the data: ``data.groups``, e.g. data=shapes_av's interaction types): names of
 sample groups; batches then carry ``<group_key>`` (index into ``groups``) and ``acc_<group>`` is the
-multiclass accuracy within each group.
+multiclass accuracy within each group. Several groupings at once: ``groups`` a mapping
+``{batch key: [names]}`` (shapes_av: its interaction types and its rules).
 
 AUROCs: per class / label the rank statistic ``mmfuse.tasks.metrics.auroc`` (ties 1/2), then the mean
 over the classes / labels where it is defined (both outcomes present); NaN where none is.
@@ -20,7 +21,7 @@ over the classes / labels where it is defined (both outcomes present); NaN where
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -78,7 +79,8 @@ class ClassificationTask(Task):
     def __init__(self, in_dim: int, fusion_stage: str, num_classes: int | None = None,
                  label_type: str = "multiclass", head: str = "mlp", hidden_dim: int = 256,
                  dropout: float = 0.0, modalities: Sequence[str] = ("image", "text"),
-                 groups: Sequence[str] | None = None, group_key: str = "group", **_: Any) -> None:
+                 groups: Sequence[str] | Mapping[str, Sequence[str]] | None = None, group_key: str | None = "group",
+                 **_: Any) -> None:
         super().__init__()
         if label_type not in LABEL_TYPES:
             raise MMFuseError(f"task.label_type={label_type!r}: expected one of {LABEL_TYPES} "
@@ -93,10 +95,15 @@ class ClassificationTask(Task):
             s: MetricCollection({**_metrics(label_type, self.num_classes), "loss": MeanMetric()}, compute_groups=False)
             for s in STAGES
         })
-        self.groups, self.group_key = (tuple(groups) if groups else None), group_key
+        if isinstance(groups, Mapping):
+            self.groups = {str(k): tuple(v) for k, v in groups.items()}
+        else:
+            self.groups = {str(group_key): tuple(groups)} if groups else {}
         if self.groups and label_type != "multiclass":
             raise MMFuseError("task.groups: accuracy per group is defined for label_type=multiclass only")
-        self.by_group = nn.ModuleDict({s: GroupedAccuracy(self.groups) for s in STAGES}) if self.groups else None
+        self.by_group = nn.ModuleDict({
+            s: nn.ModuleDict({k: GroupedAccuracy(names) for k, names in self.groups.items()}) for s in STAGES
+        }) if self.groups else None
 
     def step(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if "target" not in batch:
@@ -122,18 +129,21 @@ class ClassificationTask(Task):
         m["auroc"].update(scores, hits)
         m["loss"].update(outputs["loss"])
         if self.by_group is not None:
-            if self.group_key not in batch:
-                raise MMFuseError(f"task.groups={list(self.groups)} but the batches have no {self.group_key!r} "
-                                  "(task.group_key): set task.groups=null, or give the data's group index")
-            self.by_group[stage].update(predicted == target, batch[self.group_key].long())
+            for key, names in self.groups.items():
+                if key not in batch:
+                    raise MMFuseError(f"task.groups={list(names)} but the batches have no {key!r} "
+                                      "(task.group_key): set task.groups=null, or give the data's group index")
+                self.by_group[stage][key].update(predicted == target, batch[key].long())
 
     def compute(self, stage: str) -> dict[str, torch.Tensor]:
         out = {f"{stage}/{k}": v for k, v in self.metrics[stage].compute().items()}
         if self.by_group is not None:
-            out.update({f"{stage}/acc_{k}": v for k, v in self.by_group[stage].compute().items()})
+            for metric in self.by_group[stage].values():
+                out.update({f"{stage}/acc_{k}": v for k, v in metric.compute().items()})
         return out
 
     def reset(self, stage: str) -> None:
         self.metrics[stage].reset()
         if self.by_group is not None:
-            self.by_group[stage].reset()
+            for metric in self.by_group[stage].values():
+                metric.reset()

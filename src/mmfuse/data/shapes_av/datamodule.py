@@ -18,7 +18,7 @@ with an MMFuseError). Soundtracks are made per batch (a split's would take 64 kB
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from mmfuse.data.shapes_av.labels import (
     CLASS_NAMES,
     INTERACTION_TYPES,
     NUM_CLASSES,
+    RULE_GROUPS,
     RULES,
     interaction_type,
     label,
@@ -60,12 +61,13 @@ class ShapesAVDataModule(MMFuseDataModule):
 
     def __init__(self, num_train: int = 6000, num_val: int = 600, num_test: int = 600, frames: int = 8,
                  image_size: int = 32, sample_rate: int = 16000, seed: int = 0, cache_dir: str | None = None,
-                 num_classes: int = NUM_CLASSES, groups: Sequence[str] | None = INTERACTION_TYPES,
-                 group_key: str = "interaction_type", **loader: Any) -> None:
+                 num_classes: int = NUM_CLASSES, groups: Mapping[str, Sequence[str]] | None = None,
+                 group_key: str | None = None, **loader: Any) -> None:
         super().__init__(**loader)
-        if groups is not None and (tuple(groups) != INTERACTION_TYPES or group_key != "interaction_type"):
-            raise MMFuseError(f"data.groups={list(groups)} / data.group_key={group_key!r}: shapes_av's groups are its "
-                              f"interaction types {list(INTERACTION_TYPES)} under 'interaction_type' (or groups=null)")
+        known = {"interaction_type": list(INTERACTION_TYPES), "rule": list(RULE_GROUPS)}
+        if groups is not None and ({str(k): list(v) for k, v in dict(groups).items()} != known or group_key):
+            raise MMFuseError(f"data.groups={dict(groups)}: shapes_av's groups are {known} (group_key null), "
+                              "or groups=null")
         self.sizes = {"train": int(num_train), "val": int(num_val), "test": int(num_test)}
         for name, n in self.sizes.items():
             if n < 0:

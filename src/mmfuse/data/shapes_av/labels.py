@@ -50,6 +50,7 @@ RULE_PHRASES: tuple[str, ...] = (
     "the video and sound", "the video and words", "the sound and words",
     "all three",
 )
+RULE_GROUPS: tuple[str, ...] = tuple("rule_" + "_".join(r) for r in RULES)  # names of acc_<rule> metrics
 TEXT_WORDS: tuple[str, str] = ("off", "on")  # the text bit 0 / 1
 VIDEO_DIRECTIONS: tuple[str, str] = ("up", "down")  # the video bit 0 / 1
 PITCHES: tuple[str, str] = ("low", "high")  # the audio bit 0 / 1

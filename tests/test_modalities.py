@@ -264,3 +264,14 @@ def test_a_cache_file_of_garbage_bytes_is_made_again_and_a_planted_object_refuse
     torch.save({"x": Planted()}, planted)
     with pytest.raises(MMFuseError, match=r"holds Python objects other than tensors"):
         load_plain(planted)
+
+
+def test_classification_accuracy_under_two_groupings_at_once():
+    task = ClassificationTask(4, "mid", num_classes=2, groups={"kind": ("a", "b"), "rule": ("r0", "r1", "r2")})
+    logits = torch.tensor([[5.0, 0], [0, 5.0], [5.0, 0], [5.0, 0]])
+    batch = {"target": torch.tensor([0, 0, 0, 1]), "kind": torch.tensor([0, 0, 1, 1]),
+             "rule": torch.tensor([0, 1, 2, 2])}
+    task.update("val", {"logits": logits, "loss": torch.zeros(4)}, batch)
+    m = {k: float(v) for k, v in task.compute("val").items()}
+    assert (m["val/acc_a"], m["val/acc_b"]) == (0.5, 0.5)
+    assert (m["val/acc_r0"], m["val/acc_r1"], m["val/acc_r2"]) == (1.0, 0.0, 0.5)

@@ -13,9 +13,6 @@ from mmfuse.errors import MMFuseError
 from mmfuse.fusion.base import Fusion
 from mmfuse.types import MODALITIES, EncoderOutput, LateOutput
 
-# what each modality's encoder reads from a batch (``<modality>_features`` replaces it, see below)
-BATCH_KEYS = {"image": ("image",), "video": ("video",), "audio": ("audio",), "text": ("input_ids", "attention_mask")}
-
 
 class FusionModel(nn.Module):
     """``fusion({m: encoder_m(batch) for each modality m})``: for image + text,

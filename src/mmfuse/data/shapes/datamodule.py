@@ -48,11 +48,12 @@ def render_split(split: str, n: int, image_size: int, seed: int) -> tuple[list[S
     return scenes, captions, torch.from_numpy(images)
 
 
-def negative_weights(negatives: Mapping[str, float]) -> np.ndarray:
-    unknown = set(negatives) - set(NEGATIVE_TYPES)
+def negative_weights(negatives: Mapping[str, float], types: Sequence[str] = NEGATIVE_TYPES) -> np.ndarray:
+    """The probability of each of ``types`` (a dataset's negative types), from relative weights."""
+    unknown = set(negatives) - set(types)
     if unknown:
-        raise MMFuseError(f"data.negatives has unknown types {sorted(unknown)}; known: {list(NEGATIVE_TYPES)}")
-    w = np.array([float(negatives.get(t, 0.0)) for t in NEGATIVE_TYPES])
+        raise MMFuseError(f"data.negatives has unknown types {sorted(unknown)}; known: {list(types)}")
+    w = np.array([float(negatives.get(t, 0.0)) for t in types])
     if (w < 0).any() or w.sum() <= 0:
         raise MMFuseError(f"data.negatives={dict(negatives)} needs non-negative weights with a positive sum")
     return w / w.sum()

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from mmfuse.data.pairs import PairDataset, unique_texts
+from mmfuse.data.shapes.datamodule import negative_weights as type_weights
 from mmfuse.data.shapes_video.cache import cached
 from mmfuse.data.shapes_video.clip import (
     Clip,
@@ -75,13 +76,8 @@ def frame_orders(split: str, n: int, frames: int, seed: int) -> torch.Tensor:
 
 
 def negative_weights(negatives: Mapping[str, float]) -> np.ndarray:
-    unknown = set(negatives) - set(NEGATIVE_TYPES)
-    if unknown:
-        raise MMFuseError(f"data.negatives has unknown types {sorted(unknown)}; known: {list(NEGATIVE_TYPES)}")
-    w = np.array([float(negatives.get(t, 0.0)) for t in NEGATIVE_TYPES])
-    if (w < 0).any() or w.sum() <= 0:
-        raise MMFuseError(f"data.negatives={dict(negatives)} needs non-negative weights with a positive sum")
-    return w / w.sum()
+    """The probability of each of shapes_video's ``NEGATIVE_TYPES`` (``data.shapes`` arithmetic)."""
+    return type_weights(negatives, NEGATIVE_TYPES)
 
 
 def make_pairs(clips: list[Clip], weights: np.ndarray, seed: int, split: str) -> tuple[list[int], list[str], list[int]]:

@@ -107,7 +107,17 @@ class CrossAttentionFusion(PairFusion):
         head = 2 * linear_params(dim, dim) if readout == "bilinear" else 0
         return projection_params(dims, dim) + n_dir * (layers * block + norm_params(dim) + head)
 
-    def forward(self, inputs: Mapping[str, EncoderOutput]) -> torch.Tensor:
+    @property
+    def token_dim(self) -> int:
+        """The width of ``fused_tokens``: ``d`` (with ``direction=both`` each direction's sequence is ``d``
+        wide; they are joined along ``T``, so ``token_dim = d`` while ``out_dim = 2d``)."""
+        return self.dim
+
+    def sequences(self, inputs: Mapping[str, EncoderOutput]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``[(Q_dir [B, T_dir, d], mask_dir [B, T_dir])]`` per direction (``self.directions`` order): the
+        queries' sequence ``LN(Y^(L))`` (or, ``readout=bilinear``, ``tanh(P Y⁰) ⊙ tanh(Q LN(Y^(L)))``) with
+        the queries' mask; ``T = S`` (text) for ``text_to_image``, ``N`` (+1 with ``global_token``) for
+        ``image_to_text``."""
         first, second = inputs[self.x], inputs[self.y]
         tokens, mask = first.tokens, first.mask
         if self.global_token:
@@ -115,7 +125,7 @@ class CrossAttentionFusion(PairFusion):
             mask = torch.cat([mask.new_ones(mask.shape[0], 1), mask], dim=1)
         x, y = self.part("proj", self.x)(tokens), self.part("proj", self.y)(second.tokens)
         streams = {"text_to_image": (y, second.mask, x, mask), "image_to_text": (x, mask, y, second.mask)}
-        pooled = []
+        out = []
         for name in self.directions:
             q0, q_mask, c, c_mask = streams[name]
             q = q0
@@ -124,8 +134,19 @@ class CrossAttentionFusion(PairFusion):
             q = self.norms[name](q)
             if self.readout == "bilinear":
                 q = torch.tanh(self.before[name](q0)) * torch.tanh(self.after[name](q))
-            pooled.append(masked_mean(q, q_mask))
-        return torch.cat(pooled, dim=-1)
+            out.append((q, q_mask))
+        return out
+
+    def fused_tokens(self, inputs: Mapping[str, EncoderOutput]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(tokens [B, T, d], mask [B, T])``: the direction sequences of ``sequences`` joined along ``T``
+        (``both``: ``[text_to_image; image_to_text]``, ``T = S + N``), their masks likewise.
+        ``forward`` is ``[masked_mean(Q_dir, mask_dir)]_dir`` over the same sequences (concatenated
+        along the features)."""
+        seqs = self.sequences(inputs)
+        return torch.cat([q for q, _ in seqs], dim=1), torch.cat([m for _, m in seqs], dim=1)
+
+    def forward(self, inputs: Mapping[str, EncoderOutput]) -> torch.Tensor:
+        return torch.cat([masked_mean(q, m) for q, m in self.sequences(inputs)], dim=-1)
 
 
 class CoAttentionFusion(PairFusion):
@@ -158,7 +179,13 @@ class CoAttentionFusion(PairFusion):
         return (projection_params(dims, dim)
                 + 2 * layers * (cross_block_params(dim, f) + self_block_params(dim, f)) + 2 * norm_params(dim))
 
-    def forward(self, inputs: Mapping[str, EncoderOutput]) -> torch.Tensor:
+    @property
+    def token_dim(self) -> int:
+        """The width of ``fused_tokens``: ``d``."""
+        return self.dim
+
+    def streams(self, inputs: Mapping[str, EncoderOutput]) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+        """``((LN(X) [B, N, d], mask_x), (LN(Y) [B, S, d], mask_y))``: both streams after the last layer, normed."""
         first, second = inputs[self.x], inputs[self.y]
         x, y = self.part("proj", self.x)(first.tokens), self.part("proj", self.y)(second.tokens)
         mx, my = first.mask, second.mask
@@ -167,7 +194,17 @@ class CoAttentionFusion(PairFusion):
         for cx, cy, sx, sy in layers:
             x, y = cx(x, y, my), cy(y, x, mx)
             x, y = sx(x, mx), sy(y, my)
-        return masked_mean(self.part("norm", self.x)(x), mx) * masked_mean(self.part("norm", self.y)(y), my)
+        return (self.part("norm", self.x)(x), mx), (self.part("norm", self.y)(y), my)
+
+    def fused_tokens(self, inputs: Mapping[str, EncoderOutput]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(tokens [B, N + S, d], mask [B, N + S])``: ``[LN(X); LN(Y)]`` along ``T`` (``x`` stream first),
+        masks likewise. ``forward`` is ``masked_mean(LN X) ⊙ masked_mean(LN Y)`` of the same streams."""
+        (x, mx), (y, my) = self.streams(inputs)
+        return torch.cat([x, y], dim=1), torch.cat([mx, my], dim=1)
+
+    def forward(self, inputs: Mapping[str, EncoderOutput]) -> torch.Tensor:
+        (x, mx), (y, my) = self.streams(inputs)
+        return masked_mean(x, mx) * masked_mean(y, my)
 
 
 class MulTFusion(Fusion):
@@ -228,7 +265,23 @@ class MulTFusion(Fusion):
         return (projection_params(dims, dim) + n * (n - 1) * layers * cross_block_params(dim, ff_mult * dim)
                 + n * per_target)
 
+    @property
+    def token_dim(self) -> int:
+        """The width of ``fused_tokens``: ``d' = (N − 1) d`` (every target's ``Z_t`` has it)."""
+        return (len(self.modalities) - 1) * self.dim
+
+    def fused_tokens(self, inputs: Mapping[str, EncoderOutput]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(tokens [B, Σ_t T_t, d'], mask)``: ``[LN(Z_{t_1}); …; LN(Z_{t_N})]`` along ``T``, targets in
+        ``self.targets`` order (text first), each target's mask. ``forward`` is ``[masked_mean(LN Z_t)]_t``
+        of the same sequences, concatenated along the features (``out_dim = N d'``)."""
+        seqs = self.sequences(inputs)
+        return torch.cat([z for z, _ in seqs], dim=1), torch.cat([m for _, m in seqs], dim=1)
+
     def forward(self, inputs: Mapping[str, EncoderOutput]) -> torch.Tensor:
+        return torch.cat([masked_mean(z, m) for z, m in self.sequences(inputs)], dim=-1)
+
+    def sequences(self, inputs: Mapping[str, EncoderOutput]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``[(LN(Z_t) [B, T_t, d'], mask_t)]`` for each target ``t`` in ``self.targets`` order."""
         low = {m: self.part("proj", m)(inputs[m].tokens) for m in self.modalities}
         low = {m: x + sinusoidal_positions(x.shape[1], self.dim, x.device, x.dtype) for m, x in low.items()}
         masks = {m: inputs[m].mask for m in self.modalities}
@@ -244,4 +297,4 @@ class MulTFusion(Fusion):
         for t in self.targets:
             for block in self.part("self", t):
                 fused[t] = block(fused[t], masks[t])
-        return torch.cat([masked_mean(self.part("norm", t)(fused[t]), masks[t]) for t in self.targets], dim=-1)
+        return [(self.part("norm", t)(fused[t]), masks[t]) for t in self.targets]

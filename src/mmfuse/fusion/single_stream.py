@@ -64,7 +64,16 @@ class SingleStreamFusion(Fusion):
         return (sum(linear_params(d, dim) for d in dims.values()) + (1 + len(dims)) * dim
                 + layers * self_block_params(dim, ff_mult * dim) + norm_params(dim))
 
-    def forward(self, inputs: Mapping[str, EncoderOutput]) -> torch.Tensor:
+    @property
+    def token_dim(self) -> int:
+        """The width of ``fused_tokens``: ``d``."""
+        return self.dim
+
+    def fused_tokens(self, inputs: Mapping[str, EncoderOutput]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(LN(H^L) [B, 1 + Σ_m T_m, d], mask)``: the joint sequence after the final norm, ``[CLS]``
+        first, then each modality's tokens in ``self.order`` (text first); ``mask`` is True at ``[CLS]``
+        and at every real token. ``forward`` is its row 0 (``pooling=cls``) or its masked mean
+        (``pooling=mean``)."""
         streams = []
         for k, m in enumerate(self.order):
             x = self.part("proj", m)(inputs[m].tokens)
@@ -76,6 +85,10 @@ class SingleStreamFusion(Fusion):
         mask = torch.cat([cls_mask, *(inputs[m].mask for m in self.order)], dim=1)
         for block in self.blocks:
             h = block(h, mask)
+        return self.norm(h), mask
+
+    def forward(self, inputs: Mapping[str, EncoderOutput]) -> torch.Tensor:
+        tokens, mask = self.fused_tokens(inputs)
         if self.pooling == "mean":
-            return masked_mean(self.norm(h), mask)
-        return self.norm(h[:, 0])
+            return masked_mean(tokens, mask)
+        return tokens[:, 0]

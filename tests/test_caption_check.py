@@ -14,9 +14,9 @@ SCENE = Scene((Obj("red", "circle", 20.0, 30.0, 8.0), Obj("blue", "square", 60.0
 SCENE2 = Scene((Obj("green", "triangle", 30.0, 10.0, 8.0), Obj("yellow", "cross", 32.0, 40.0, 8.0)))
 
 
-def expected(grammatical, objects, color, shape, relation, correct):
+def expected(grammatical, objects, color, shape, color_named, shape_named, relation, correct):
     return {"grammatical": grammatical, "objects": objects, "color": color, "shape": shape,
-            "relation": relation, "correct": correct}
+            "color_named": color_named, "shape_named": shape_named, "relation": relation, "correct": correct}
 
 
 def test_parse_exact_tolerant_and_rejected():
@@ -35,17 +35,19 @@ def test_parse_exact_tolerant_and_rejected():
 
 
 @pytest.mark.parametrize(("text", "want"), [
-    ("a red circle to the left of a blue square", expected(1, 1, 1, 1, 1, 1)),
-    ("a blue square to the right of a red circle", expected(1, 1, 1, 1, 1, 1)),  # flipped phrasing: true
-    ("a red circle above a blue square", expected(1, 1, 1, 1, 0, 0)),  # wrong relation
-    ("a red circle to the right of a blue square", expected(1, 1, 1, 1, 0, 0)),
-    ("a blue circle to the left of a red square", expected(1, 0, 0, 0, 0, 0)),  # colours swapped: binding error
-    ("a green circle to the left of a blue square", expected(1, 0, 0.5, 0.5, 0, 0)),  # one colour wrong
-    ("a red triangle to the left of a blue square", expected(1, 0, 0.5, 0.5, 0, 0)),  # one shape wrong
-    ("a green triangle to the left of a yellow cross", expected(1, 0, 0, 0, 0, 0)),  # another scene's objects
-    ("a red circle to the left of a red circle", expected(1, 0, 1, 1, 0, 0)),  # the same object twice
-    ("red circle left of blue square", expected(0, 0, 0, 0, 0, 0)),  # not grammatical
-    ("A red circle to the left of a blue square.", expected(1, 1, 1, 1, 1, 1)),  # trailing period, case
+    ("a red circle to the left of a blue square", expected(1, 1, 1, 1, 1, 1, 1, 1)),
+    ("a blue square to the right of a red circle", expected(1, 1, 1, 1, 1, 1, 1, 1)),  # flipped phrasing: true
+    ("a red circle above a blue square", expected(1, 1, 1, 1, 1, 1, 0, 0)),  # wrong relation
+    ("a red circle to the right of a blue square", expected(1, 1, 1, 1, 1, 1, 0, 0)),
+    ("a blue circle to the left of a red square", expected(1, 0, 0, 0, 1, 1, 0, 0)),  # colours swapped: binding error
+    ("a green circle to the left of a blue square", expected(1, 0, 0.5, 0.5, 0.5, 1, 0, 0)),  # one colour wrong
+    ("a red triangle to the left of a blue square", expected(1, 0, 0.5, 0.5, 1, 0.5, 0, 0)),  # one shape wrong
+    ("a green triangle to the left of a yellow cross", expected(1, 0, 0, 0, 0, 0, 0, 0)),  # another scene's objects
+    ("a green cross to the left of a red circle", expected(1, 0, 0.5, 0.5, 0.5, 0.5, 0, 0)),
+    ("a red circle to the left of a red circle", expected(1, 0, 1, 1, 1, 1, 0, 0)),  # the same object twice
+    ("a red circle to the right of a red circle", expected(1, 0, 1, 1, 1, 1, 0, 0)),  # relation_between(A, A) = right
+    ("red circle left of blue square", expected(0, 0, 0, 0, 0, 0, 0, 0)),  # not grammatical
+    ("A red circle to the left of a blue square.", expected(1, 1, 1, 1, 1, 1, 1, 1)),  # trailing period, case
 ])
 def test_ground_on_a_hand_built_scene(text, want):
     assert ground(SCENE, text) == want
@@ -55,8 +57,9 @@ def test_grounding_accuracy_means():
     texts = ["a red circle to the left of a blue square", "a green circle to the left of a blue square",
              "a yellow cross below a green triangle", "nonsense"]
     got = grounding_accuracy([SCENE, SCENE, SCENE2, SCENE2], texts)
-    assert got == {"ground_grammatical": 0.75, "ground_objects": 0.5, "ground_color": 0.625,
-                   "ground_shape": 0.625, "ground_relation": 0.5, "ground_correct": 0.5}
+    assert got == {"ground_grammatical": 0.75, "ground_objects": 0.5, "ground_color": 0.625, "ground_shape": 0.625,
+                   "ground_color_named": 0.625, "ground_shape_named": 0.75, "ground_relation": 0.5,
+                   "ground_correct": 0.5}
     with pytest.raises(ValueError, match="2 scenes but 1 captions"):
         grounding_accuracy([SCENE, SCENE2], ["a red circle above a blue square"])
 
@@ -72,4 +75,4 @@ def test_scene_references_are_the_two_true_captions():
         assert len(set(refs)) == 2
         for ref in refs:
             assert caption_is_true(scene, parse_caption(ref))
-            assert ground(scene, ref) == expected(1, 1, 1, 1, 1, 1)
+            assert ground(scene, ref) == expected(1, 1, 1, 1, 1, 1, 1, 1)

@@ -14,13 +14,19 @@ Colours and shapes are each unique within a scene (``sample_scene``), so "the ob
     objects     = A and B exist and A is not B
     color       = mean over the mentions (c, s) of [the scene has an object of shape s and its colour is c]
     shape       = mean over the mentions (c, s) of [the scene has an object of colour c and its shape is s]
+    color_named = mean over the mentions (c, s) of [some object of the scene has colour c]
+    shape_named = mean over the mentions (c, s) of [some object of the scene has shape s]
     relation    = objects and relation_between(A, B) == the named relation
     correct     = caption_is_true(scene, caption)
 
-``color`` and ``shape`` take 0, 0.5 or 1. A colour/shape binding error (``a blue circle ... a red
-square`` for a red circle and a blue square) scores 0 on objects, color and shape. An unparseable
-caption scores 0 on every key. ``grounding_accuracy`` averages these over captions as
-``ground_<key>``.
+``color``, ``shape``, ``color_named`` and ``shape_named`` take 0, 0.5 or 1. Because colours and shapes
+are unique within a scene, ``color`` and ``shape`` are always equal: both are the share of mentions that
+name an object of the scene (``find(scene, c, s)`` is not None), an attribute *bound to its object*.
+``color_named`` / ``shape_named`` score each attribute on its own, so that with ``objects`` they separate
+recognising colours or shapes from binding them: a binding error (``a blue circle ... a red square`` for
+a red circle and a blue square) scores 0 on objects, color and shape but 1 on color_named and
+shape_named. An unparseable caption scores 0 on every key. ``grounding_accuracy`` averages the keys over
+captions as ``ground_<key>``.
 """
 
 from __future__ import annotations
@@ -39,7 +45,8 @@ from mmfuse.data.shapes.scene import (
     relation_between,
 )
 
-KEYS: tuple[str, ...] = ("grammatical", "objects", "color", "shape", "relation", "correct")
+KEYS: tuple[str, ...] = ("grammatical", "objects", "color", "shape", "color_named", "shape_named", "relation",
+                         "correct")
 _PHRASE_TO_RELATION: dict[tuple[str, ...], str] = {tuple(p.split()): r for r, p in RELATION_PHRASES.items()}
 
 
@@ -72,7 +79,8 @@ def _by_color(scene: Scene, color: str) -> Obj | None:
 
 
 def ground(scene: Scene, text: str) -> dict[str, float]:
-    """``{grammatical, objects, color, shape, relation, correct}`` of one caption (module docstring)."""
+    """``{grammatical, objects, color, shape, color_named, shape_named, relation, correct}`` of one caption
+    (module docstring)."""
     caption = parse_caption(text)
     if caption is None:
         return dict.fromkeys(KEYS, 0.0)
@@ -88,6 +96,8 @@ def ground(scene: Scene, text: str) -> dict[str, float]:
         "objects": float(objects),
         "color": sum(color_hits) / 2,
         "shape": sum(shape_hits) / 2,
+        "color_named": sum(_by_color(scene, c) is not None for c, _ in mentions) / 2,
+        "shape_named": sum(_by_shape(scene, s) is not None for _, s in mentions) / 2,
         "relation": float(relation),
         "correct": float(caption_is_true(scene, caption)),
     }

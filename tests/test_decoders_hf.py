@@ -295,3 +295,42 @@ def test_hf_cross_real_minilm():
     assert losses[-1] < losses[0] / 2, losses
     assert dec.generate(mem, mask, GenerationOptions(max_length=4)) == greedy(dec, mem, mask, 4)
     assert math.isfinite(losses[-1])
+
+
+def test_left_pack_moves_padding_first_keeping_order():
+    from mmfuse.decoders.prefix_lm import left_pack, positions
+
+    x = torch.arange(5.0).view(1, 5, 1)
+    mask = torch.tensor([[True, False, True, True, False]])
+    packed, pmask = left_pack(x, mask)
+    assert packed.flatten().tolist() == [1.0, 4.0, 0.0, 2.0, 3.0]
+    assert pmask.tolist() == [[False, False, True, True, True]]
+    assert positions(mask.long()).tolist() == [[0, 1, 1, 2, 1]]
+
+
+@pytest.mark.parametrize("name", ["hf_cross", "prefix_lm"])
+def test_configs_instantiate_as_the_builder_does(name):
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "decoder" / f"{name}.yaml")
+    assert cfg.name_or_path == {"hf_cross": "bert-base-uncased", "prefix_lm": "gpt2"}[name]
+    cfg.merge_with({"name_or_path": str(MINILM), "pretrained": False,
+                    "config": BERT if name == "hf_cross" else GPT2,
+                    **({"tokenizer": str(MINILM), "mapper": "transformer", "mapper_heads": 2,
+                        "mapper_layers": 1} if name == "prefix_lm" else {})})
+    dec = instantiate(cfg, memory_dim=D).eval()
+    mem, mask = memory()
+    ids, tmask = dec.tokenizer.encode(CAPTIONS, dec.max_length)
+    assert dec(mem, mask, ids, tmask).shape == (3, 9, 30522)
+
+
+def test_hf_cross_gpt2_family():
+    """GPT-2 with add_cross_attention: the same contract; freeze keeps cross-attention + its LayerNorm."""
+    torch.manual_seed(0)
+    dec = HFCrossDecoder(D, name_or_path="gpt2", tokenizer=str(MINILM), pretrained=False, config=GPT2,
+                         freeze=True).eval()
+    # per layer: q_attn 32*32+32, c_attn (k, v) 32*64+64, c_proj 32*32+32, ln_cross_attn 64; projection 544
+    assert trainable(dec) == 2 * (1056 + 2112 + 1056 + 64) + 544 == 9120
+    mem, mask = memory()
+    assert dec.generate(mem, mask, GenerationOptions(max_length=5)) == greedy(dec, mem, mask, 5)

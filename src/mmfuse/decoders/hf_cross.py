@@ -66,8 +66,9 @@ class HFCrossDecoder(Decoder):
             self.lm, info = load_pretrained(AutoModelForCausalLM, name_or_path, output_loading_info=True,
                                             **overrides)
             self.new_weights = sorted(info.get("missing_keys", []))
-            log.info("decoder=hf_cross %s: newly initialised weights (%d): %s", name_or_path,
-                     len(self.new_weights), ", ".join(self.new_weights))
+            log.info("decoder=hf_cross %s: newly initialised weights (%d): %s; checkpoint weights unused: %s",
+                     name_or_path, len(self.new_weights), ", ".join(self.new_weights),
+                     ", ".join(sorted(info.get("unexpected_keys", []))) or "none")
         else:
             cfg = load_config(name_or_path, {**self.tokenizer.special_ids(), **overrides})
             self.lm = AutoModelForCausalLM.from_config(cfg)

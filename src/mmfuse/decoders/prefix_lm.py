@@ -109,7 +109,8 @@ class PrefixLMDecoder(Decoder):
         return self
 
     def prefix(self, memory: torch.Tensor, memory_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The left-packed prefix ``[B, P, H]`` and its mask, in the LM's dtype."""
+        """The left-packed prefix ``[B, P, H]`` and its mask, in the LM's dtype (left packing: HF's padding
+        convention for ``generate``; with positions taken from the mask, results do not depend on it)."""
         prefix, mask = self.mapper(memory, memory_mask.bool())
         return left_pack(prefix.to(self.lm.dtype), mask)
 

@@ -109,9 +109,9 @@ def generate_kwargs(options: Any, tokenizer: HFCaptionTokenizer) -> dict[str, An
     """``GenerationOptions`` as Hugging Face ``generate`` arguments: ``max_new_tokens = max_length`` (so at
     most ``max_length`` tokens, eos included, are produced), ``min_new_tokens = min_length`` (eos is
     forbidden before ``min_length`` tokens: eos not counted), beams with ``length_penalty`` (HF's score
-    ``sum log p / length ** length_penalty``), ``early_stopping=True`` (beam search ends once ``num_beams``
-    hypotheses are finished), no sampling."""
-    beams = {"early_stopping": True, "length_penalty": options.length_penalty} if options.num_beams > 1 else {}
+    ``sum log p / length ** length_penalty``), ``early_stopping="never"`` (a sample is done only when no live
+    beam can beat its ``num_beams`` finished ones: the rule of ``mmfuse.decoders.search``), no sampling."""
+    beams = {"early_stopping": "never", "length_penalty": options.length_penalty} if options.num_beams > 1 else {}
     return {
         **beams,
         "max_new_tokens": options.max_length,

@@ -1,5 +1,8 @@
 """Evaluate a checkpoint: ``python eval.py ckpt_path=<run>/checkpoints/last.ckpt [data overrides]``."""
 
+import os
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
@@ -13,4 +16,10 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    from mmfuse.evaluate import GROUPS_ENV, checkpoint_groups
+
+    # the checkpoint's data / task / decoder groups first, so that their keys can be overridden
+    groups = checkpoint_groups(sys.argv[1:])
+    os.environ[GROUPS_ENV] = "\n".join(groups)
+    sys.argv = [sys.argv[0], *groups, *sys.argv[1:]]
     main()

@@ -26,7 +26,8 @@ from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from mmfuse.checkpoint_io import CheckpointIO
-from mmfuse.datamodule import MMFuseDataModule
+from mmfuse.datamodule import CaptioningTargets, MMFuseDataModule
+from mmfuse.decoders.memory import memory_dim
 from mmfuse.errors import MMFuseError
 from mmfuse.features import FeatureCache, cache_settings
 from mmfuse.fusion.base import is_two_input, ordered_dims, two_input
@@ -80,11 +81,26 @@ def _accepts(target_cfg: DictConfig, name: str) -> bool:
     return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
+def is_generative(task_cfg: DictConfig) -> bool:
+    """Whether the task generates text (``generative = True``: it takes a ``decoder``)."""
+    return bool(getattr(_locate(task_cfg._target_), "generative", False))
+
+
+def build_decoder(cfg: DictConfig, fusion: Any) -> Any:
+    """The decoder of ``cfg.decoder`` over the memory ``fusion`` hands over (``mmfuse.decoders.memory``)."""
+    decoder_cfg = cfg.get("decoder") or {}
+    if not decoder_cfg.get("_target_"):
+        raise MMFuseError("this task generates text and needs a decoder: set decoder=transformer | hf_cross | prefix_lm")
+    return instantiate(decoder_cfg, memory_dim=memory_dim(fusion, cfg.task.get("memory", "auto")))
+
+
 def build_model(cfg: DictConfig) -> tuple[FusionModel, Task]:
     encoders = build_encoders(cfg)
     dims = {m: enc.out_dim for m, enc in encoders.items()}
     fusion = build_fusion(cfg, dims)
     extra = {"modalities": tuple(dims)} if _accepts(cfg.task, "modalities") else {}
+    if is_generative(cfg.task):
+        extra["decoder"] = build_decoder(cfg, fusion)
     # image_dim: the width of the modality ITM / retrieval match against the text (image, video or audio)
     task = instantiate(cfg.task, in_dim=fusion.out_dim, fusion_stage=fusion.stage,
                        image_dim=dims.get("image", dims.get("video", dims.get("audio"))), text_dim=dims.get("text"),
@@ -151,6 +167,9 @@ def build_datamodule(cfg: DictConfig, module: MMFuseModule) -> MMFuseDataModule:
     encoders = module.model.encoders
     datamodule.attach(**{m: (enc.tokenizer if m == "text" else enc.transform) for m, enc in encoders.items()})
     datamodule.check_modalities(tuple(encoders), f"data={cfg.data.get('_target_', '?').rsplit('.', 1)[-1]}")
+    task = module.task
+    if getattr(task, "generative", False):
+        datamodule.captioning = CaptioningTargets(task.decoder.tokenizer, task.max_caption_tokens, task.prompt)
     datamodule.feature_cache = build_feature_cache(cfg, module.model)
     return datamodule
 

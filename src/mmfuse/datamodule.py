@@ -16,6 +16,7 @@ whole (``TrainBatches``: one index tensor per batch) from datasets that take an 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -23,11 +24,22 @@ import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from mmfuse.data.captioning import caption_split, references_from_pairs
 from mmfuse.data.pairs import PairDataset
 from mmfuse.data.samplers import EvalShard, ResumableLoader, TrainBatches, TrainOrder
 from mmfuse.errors import MMFuseError
 
 SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class CaptioningTargets:
+    """What a generative task asks of the data: the decoder's tokenizer, the longest caption in tokens
+    (bos and eos included) and the prompt the text encoder reads instead of the caption."""
+
+    tokenizer: Any
+    max_length: int
+    prompt: str
 
 
 def move_to(data: Any, device: torch.device) -> Any:
@@ -70,6 +82,9 @@ class MMFuseDataModule(L.LightningDataModule):
         self.tokenizer: Any = None
         self.splits: dict[str, Dataset | None] = {}
         self.feature_cache: Any = None
+        self.captioning: CaptioningTargets | None = None  # set by the builder for task=captioning
+        self.caption_references_of: dict[str, list[list[str]]] = {}
+        self.caption_images: dict[str, Any] = {}
 
     modalities: tuple[str, ...] = ("image", "text")
 
@@ -119,8 +134,41 @@ class MMFuseDataModule(L.LightningDataModule):
                                "before setup()")
         self.prepare_tokenizer()
         self.splits = {name: self.build_split(name) for name in SPLITS}
+        if self.captioning is not None:
+            self.splits = self.captioning_splits(self.splits)
         if self.feature_cache is not None:
             self.splits = self.feature_cache.wrap(self.splits, trainer=self.trainer)
+
+    def caption_references(self, name: str, dataset: Dataset) -> list[list[str]]:
+        """Per image of split ``name``, its reference captions (default: its positive pairs' texts,
+        ``mmfuse.data.captioning.references_from_pairs``)."""
+        return references_from_pairs(dataset, f"data={type(self).__name__}, {name} split")
+
+    def caption_diagnostics(self, name: str) -> Callable[[list[int], list[str]], dict[str, float]] | None:
+        """A data-specific check of generated captions, ``(image ids, captions) -> {metric: value}``,
+        logged beside the caption metrics (shapes: grounding per attribute); None by default."""
+        return None
+
+    def captioning_splits(self, splits: dict[str, Dataset | None]) -> dict[str, Dataset | None]:
+        """The splits as captioning pairs (``mmfuse.data.captioning``); the decoder's vocabulary is fitted
+        on the training references when it is built from data."""
+        targets = self.captioning
+        refs = {name: self.caption_references(name, ds) for name, ds in splits.items() if ds is not None}
+        if "train" not in refs:
+            raise MMFuseError(f"task=captioning: data={type(self).__name__} has no train split")
+        if not targets.tokenizer.fitted:
+            targets.tokenizer.fit([r for rs in refs["train"] for r in rs])
+        prompt = self.tokenizer([targets.prompt]) if self.tokenizer is not None else None
+        out: dict[str, Dataset | None] = {}
+        for name, ds in splits.items():
+            if ds is None:
+                out[name] = None
+                continue
+            self.caption_references_of[name] = refs[name]
+            self.caption_images[name] = ds.images
+            out[name] = caption_split(ds, refs[name], targets.tokenizer, targets.max_length, prompt,
+                                      train=name == "train", where=f"data={type(self).__name__}, {name} split")
+        return out
 
     def prepare_tokenizer(self) -> None:
         if self.tokenizer is not None and getattr(self.tokenizer, "fitted", True) is False:

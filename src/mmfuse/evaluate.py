@@ -21,6 +21,7 @@ training run's, which the checkpoint carries (``searchpath``).
 from __future__ import annotations
 
 import copy
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -38,13 +39,46 @@ from mmfuse.report import print_summary
 from mmfuse.results import RunRecord, failure_fields
 from mmfuse.runinfo import hydra_runtime, task_overrides, versions
 
-MODEL_SECTIONS = ("encoder", "fusion", "task")
+MODEL_SECTIONS = ("encoder", "fusion", "task", "decoder")
+# keys of the model sections an eval command may change: how a decoder searches, not what was trained
+EVAL_MODEL_KEYS = ("task.generate.",)
+# the groups of the checkpoint's run that eval.py selects before Hydra composes the eval config, so that
+# the eval command can name their keys (task.generate.num_beams=3, data.root=...) as a train command can
+GROUPS_FROM_CHECKPOINT = ("data", "task", "decoder")
+GROUPS_ENV = "MMFUSE_EVAL_GROUPS"
 CARRIED_SECTIONS = ("data", "cache")
 NOT_INHERITED = ("hydra", "ckpt_path", "hparams_search", "debug", "paths")
 
 
 def _key(override: Any) -> str:
     return override.key_or_group
+
+
+def checkpoint_groups(args: list[str]) -> list[str]:
+    """``["data=<option>", "task=<option>", "decoder=<option>"]``: the training run's choices of
+    ``GROUPS_FROM_CHECKPOINT`` that ``args`` (an eval command line) do not select, read from the
+    checkpoint named by its ``ckpt_path=`` (memory-mapped, weights not read); ``[]`` when there is none
+    or it cannot be read (``evaluate`` then reports why)."""
+    paths = [a.split("=", 1)[1] for a in args if a.startswith("ckpt_path=")]
+    if not paths or not Path(paths[-1]).expanduser().is_file():
+        return []
+    try:
+        import torch
+
+        saved = torch.load(Path(paths[-1]).expanduser(), map_location="cpu", weights_only=True, mmap=True)
+        choices = saved[CONFIG_KEY].get("choices") or {}
+    except Exception:  # an unreadable file: evaluate() raises the error that names it
+        return []
+    selected = {a.split("=", 1)[0].lstrip("+~") for a in args if "=" in a}
+    return [f"{g}={choices[g]}" for g in GROUPS_FROM_CHECKPOINT if choices.get(g) and g not in selected]
+
+
+def apply_eval_model_keys(eval_cfg: DictConfig, user: list[str]) -> None:
+    """The eval command's overrides of ``EVAL_MODEL_KEYS`` on top of the checkpoint's model sections."""
+    for o in OverridesParser.create().parse_overrides(user):
+        key = _key(o)
+        if key.startswith(EVAL_MODEL_KEYS):
+            OmegaConf.update(eval_cfg, key, o.value(), merge=True)
 
 
 def merge_overrides(saved: list[str], user: list[str]) -> list[str]:
@@ -147,18 +181,22 @@ def carry_data_settings(eval_cfg: DictConfig, saved: dict[str, Any], user: list[
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.paths.output_dir)
-    record = RunRecord(run_dir, kind="eval", ckpt_path=str(cfg.get("ckpt_path")), overrides=task_overrides(),
+    prepended = set(os.environ.get(GROUPS_ENV, "").split("\n")) - {""}  # by eval.py, from the checkpoint
+    typed = [o for o in task_overrides() if o not in prepended]
+    record = RunRecord(run_dir, kind="eval", ckpt_path=str(cfg.get("ckpt_path")), overrides=typed,
                        versions=versions())
     try:
         ckpt = load_checkpoint(cfg.get("ckpt_path"), sources=source_overrides(task_overrides()))
         saved = ckpt[CONFIG_KEY]
-        user = [o for o in task_overrides() if not o.startswith("ckpt_path=")]
+        user = [o for o in typed if not o.startswith("ckpt_path=")]
         eval_cfg = compose(config_name="eval", overrides=merge_overrides(saved.get("overrides", []), user)
                            + [f"ckpt_path={cfg.ckpt_path}"] + searchpath_override(saved.get("searchpath", [])))
         with open_dict(eval_cfg):
             carry_data_settings(eval_cfg, saved, user)
             for section in MODEL_SECTIONS:
-                eval_cfg[section] = OmegaConf.create(saved["config"][section])
+                if section in saved["config"]:
+                    eval_cfg[section] = OmegaConf.create(saved["config"][section])
+            apply_eval_model_keys(eval_cfg, user)
             for enc in configured_modalities(eval_cfg):  # the checkpoint has their weights
                 target = eval_cfg.encoder[enc]
                 (target.frame if enc == "video" else target)["load_weights"] = False

@@ -111,6 +111,19 @@ class MMFuseModule(L.LightningModule):
         trainer = self._trainer
         return trainer.precision_plugin.forward_context() if trainer is not None else contextlib.nullcontext()
 
+    def setup(self, stage: str) -> None:
+        """A task that reads the data beyond its batches (captioning: references, raw images) gets the
+        datamodule, which Lightning has set up by now."""
+        attach = getattr(self.task, "attach_data", None)
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if attach is not None and datamodule is not None:
+            attach(datamodule)
+
+    def on_fit_end(self) -> None:
+        fit_end = getattr(self.task, "fit_end", None)
+        if fit_end is not None and self.trainer.is_global_zero:
+            fit_end(self.trainer.default_root_dir, list(self.trainer.loggers))
+
     def on_validation_epoch_end(self) -> None:
         self._log_epoch("val")
         if not self.trainer.sanity_checking:

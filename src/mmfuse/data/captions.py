@@ -169,7 +169,9 @@ class CaptionDataModule(MMFuseDataModule):
         n = len(split.captions)
         return FilePairDataset(
             images=store,
-            text=self.tokenizer(split.captions),  # one row per caption: retrieval counts captions, not strings
+            # one row per caption: retrieval counts captions, not strings
+            text=self.tokenizer(split.captions) if self.tokenizer is not None else None,
+            texts=split.captions,
             image_index=torch.tensor(split.caption_image, dtype=torch.long),
             text_index=torch.arange(n),
             fields=self.pair_fields(name, split),

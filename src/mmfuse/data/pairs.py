@@ -5,7 +5,10 @@ A split is described by:
   ``load_many(indices) -> uint8 [B, 3, H, W]`` when all images share one size);
 - ``text``: the tokenized unique texts ``{"input_ids": [N, T], "attention_mask": [N, T]}``;
 - ``image_index`` / ``text_index``: ``[P]`` which image and which text make pair ``p``;
-- ``fields``: other per-pair tensors (``label``, ``pair_type``, ``answer_scores`` ...).
+- ``fields``: other per-pair tensors (``label``, ``pair_type``, ``answer_scores`` ...);
+- ``texts`` (optional): the unique texts as strings, in the rows' order (what captioning reads its
+  references from); ``text`` may be None for a dataset without a text input (captioning with
+  ``encoder.text=none``).
 
 Batches are dicts: ``image`` (transformed, float), ``input_ids``, ``attention_mask`` (trimmed to the
 longest text in the batch), ``image_id`` / ``text_id`` (indices into the split's images / texts,
@@ -65,6 +68,7 @@ class PairDataset(Dataset):
         text_index: torch.Tensor,
         fields: dict[str, torch.Tensor] | None = None,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        texts: Sequence[str] | None = None,
     ) -> None:
         fields = fields or {}
         n = len(image_index)
@@ -77,6 +81,7 @@ class PairDataset(Dataset):
         self.text_index = text_index.long()
         self.fields = fields
         self.transform = transform
+        self.texts = list(texts) if texts is not None else None
 
     def __len__(self) -> int:
         return len(self.image_index)
@@ -89,6 +94,8 @@ class PairDataset(Dataset):
         return {"image": torch.stack([self.transform(self.images.load(int(i))) for i in idx])}
 
     def _texts(self, idx: torch.Tensor) -> dict[str, Any]:
+        if self.text is None:
+            return {}
         if hasattr(self.text, "features"):
             return {"text_features": self.text.features(idx)}
         mask = self.text["attention_mask"][idx]

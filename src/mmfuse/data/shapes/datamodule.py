@@ -28,6 +28,7 @@ import torch
 
 from mmfuse.data.atomic import atomic_torch_save, load_plain
 from mmfuse.data.pairs import PairDataset, TensorImages, unique_texts
+from mmfuse.data.shapes.caption_check import grounding_accuracy, scene_references
 from mmfuse.data.shapes.negatives import NEGATIVE_TYPES, make_negative
 from mmfuse.data.shapes.scene import Caption, Obj, Scene, describe, draw, sample_scene
 from mmfuse.datamodule import MMFuseDataModule
@@ -202,12 +203,22 @@ class ShapesDataModule(MMFuseDataModule):
         types_t = torch.tensor(types, dtype=torch.long)
         return PairDataset(
             images=TensorImages(images),
-            text=self.tokenizer(distinct),
+            text=self.tokenizer(distinct) if self.tokenizer is not None else None,
+            texts=distinct,
             image_index=torch.tensor(image_index, dtype=torch.long),
             text_index=text_index,
             fields={"label": (types_t == 0).float(), "pair_type": types_t},
             transform=self.image_transform,
         )
+
+    def caption_references(self, name: str, dataset: Any) -> list[list[str]]:
+        """Both true descriptions of each scene (either object first), the scene's object order."""
+        return [scene_references(scene) for scene in self.rendered(name)[0]]
+
+    def caption_diagnostics(self, name: str) -> Any:
+        """Grounding per attribute of generated captions (``mmfuse.data.shapes.caption_check``)."""
+        scenes = self.rendered(name)[0]
+        return lambda image_ids, texts: grounding_accuracy([scenes[i] for i in image_ids], texts)
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"negatives": self.negatives}

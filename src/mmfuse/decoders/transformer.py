@@ -1,0 +1,80 @@
+"""``decoder=transformer``: a small transformer decoder trained from scratch on a word vocabulary.
+
+``h_0 = E[w] + P[t]``; ``layers`` pre-norm ``nn.TransformerDecoderLayer`` blocks (causal self-attention,
+cross-attention to ``W_m memory`` with the memory's padding masked, feed-forward); logits
+``= W_o LN(h)`` (``W_o`` tied to ``E`` when ``tie_embeddings``) over the fitted vocabulary only: the
+layers are sized for ``max_vocab`` ids before the vocabulary is known, and the ids beyond it are never
+scored (no probability mass on words that do not exist; on shapes' 21 words, 1/200 of the output
+layer's work). The vocabulary (``WordCaptionTokenizer``) is fitted on the training captions and saved in
+the state dict, so a checkpoint rebuilds it. Generation: ``mmfuse.decoders.search`` (greedy / beam),
+recomputing the prefix at every step; ``[PAD]`` and ``[BOS]`` are never generated.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmfuse.decoders.base import Decoder, GenerationOptions
+from mmfuse.decoders.search import search
+from mmfuse.decoders.words import WordCaptionTokenizer
+from mmfuse.errors import MMFuseError
+
+
+class TransformerDecoder(Decoder):
+    def __init__(self, memory_dim: int, width: int = 128, layers: int = 2, heads: int = 4, ff_mult: int = 4,
+                 dropout: float = 0.1, max_length: int = 24, max_vocab: int = 4096,
+                 tie_embeddings: bool = True) -> None:
+        super().__init__()
+        if width % heads:
+            raise MMFuseError(f"decoder.width={width} is not a multiple of decoder.heads={heads}")
+        self.memory_dim = int(memory_dim)
+        self.max_length = int(max_length)
+        self.tokenizer = WordCaptionTokenizer(max_vocab)
+        self.embed = nn.Embedding(max_vocab, width, padding_idx=0)
+        self.position = nn.Parameter(torch.randn(1, max_length, width) * 0.02)
+        self.memory_proj = nn.Linear(memory_dim, width)
+        layer = nn.TransformerDecoderLayer(width, heads, dim_feedforward=ff_mult * width, dropout=dropout,
+                                           batch_first=True, norm_first=True)
+        self.layers = nn.TransformerDecoder(layer, layers)
+        self.norm = nn.LayerNorm(width)
+        self.out = nn.Linear(width, max_vocab, bias=False)
+        if tie_embeddings:
+            self.out.weight = self.embed.weight
+
+    def get_extra_state(self) -> Any:
+        return {"vocab": self.tokenizer.vocab}
+
+    def set_extra_state(self, state: Any) -> None:
+        if state and state.get("vocab"):
+            self.tokenizer.set_vocab(state["vocab"])
+
+    def forward(self, memory: torch.Tensor, memory_mask: torch.Tensor, ids: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        t = ids.shape[1]
+        if t > self.max_length:
+            raise MMFuseError(f"a caption of {t} tokens > decoder.max_length={self.max_length}")
+        x = self.embed(ids) + self.position[:, :t]
+        causal = torch.triu(torch.full((t, t), float("-inf"), device=ids.device, dtype=x.dtype), diagonal=1)
+        h = self.layers(x, self.memory_proj(memory), tgt_mask=causal, tgt_is_causal=True,
+                        memory_key_padding_mask=~memory_mask.bool())
+        n = len(self.tokenizer.vocab) or self.out.weight.shape[0]
+        return F.linear(self.norm(h), self.out.weight[:n])
+
+    def generate(self, memory: torch.Tensor, memory_mask: torch.Tensor,
+                 options: GenerationOptions) -> list[list[int]]:
+        max_new = min(options.max_length, self.max_length - 1)
+        if max_new < options.max_length:
+            options = GenerationOptions(**{**options.__dict__, "max_length": max_new,
+                                           "min_length": min(options.min_length, max_new)})
+
+        def step(ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            logits = self(memory[rows], memory_mask[rows], ids)[:, -1].float()
+            logits[:, [tok.pad_id, tok.bos_id]] = -float("inf")
+            return torch.log_softmax(logits, dim=-1)
+
+        tok = self.tokenizer
+        return search(step, memory.shape[0], tok.bos_id, tok.eos_id, options, memory.device)

@@ -96,7 +96,7 @@ def test_loss_falls_and_generation_learns_a_caption_per_memory():
     dec.train()
     memory = torch.eye(12)[:2, None, :].repeat(1, 2, 1)  # two distinct memories
     ids, mask = dec.tokenizer.encode(["a b c d", "e f g"], max_length=10)
-    opt = torch.optim.Adam(dec.parameters(), lr=3e-3)
+    opt = torch.optim.Adam(dec.parameters(), lr=1e-2)
     losses = []
     for _ in range(80):
         total, count = token_loss(dec(memory, torch.ones(2, 2, dtype=torch.bool), ids), ids, mask)
@@ -218,3 +218,12 @@ def test_captioning_without_a_decoder_is_one_line(make_cfg):
     cfg = make_cfg(*FAST, "task=captioning", "decoder=none")
     with pytest.raises(MMFuseError, match="needs a decoder: set decoder=transformer"):
         train(cfg)
+
+
+def test_optimized_metric_is_the_tasks_own_unless_set(make_cfg):
+    from mmfuse.cli import optimized_metric
+
+    assert optimized_metric(make_cfg("task=captioning")) == "val/cider"
+    assert optimized_metric(make_cfg()) == "val/acc"
+    assert optimized_metric(make_cfg("task=retrieval")) == "val/rsum"
+    assert optimized_metric(make_cfg("task=captioning", "optimized_metric=val/bleu4")) == "val/bleu4"

@@ -74,7 +74,7 @@ def test_config_group_table_lists_every_option_of_every_group_in_conf():
 
 def test_the_table_parser_sees_the_fusion_row_and_the_nested_launcher_group():
     groups = readme_groups()
-    assert len(groups["fusion"]) == 26 and {"image_only", "text_only", "video_only", "tfn", "nl_gate"} <= set(groups["fusion"])
+    assert len(groups["fusion"]) == 27 and {"image_only", "text_only", "video_only", "tfn", "nl_gate"} <= set(groups["fusion"])
     assert groups["hydra/launcher"] == ["parallel", "slurm"]
     assert conf_groups()["hydra/launcher"] == ["parallel", "slurm"]
 

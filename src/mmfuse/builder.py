@@ -26,7 +26,7 @@ from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from mmfuse.checkpoint_io import CheckpointIO
-from mmfuse.datamodule import CaptioningTargets, MMFuseDataModule
+from mmfuse.datamodule import MMFuseDataModule
 from mmfuse.decoders.memory import memory_dim
 from mmfuse.errors import MMFuseError
 from mmfuse.features import FeatureCache, cache_settings
@@ -82,8 +82,12 @@ def _accepts(target_cfg: DictConfig, name: str) -> bool:
 
 
 def is_generative(task_cfg: DictConfig) -> bool:
-    """Whether the task generates text (``generative = True``: it takes a ``decoder``)."""
-    return bool(getattr(_locate(task_cfg._target_), "generative", False))
+    """Whether the task generates text and so takes a ``decoder``: its class's ``uses_decoder(task_cfg)``
+    (a task that generates only with some options: ``task=vqa task.answer=generate``), else its
+    ``generative`` attribute."""
+    cls = _locate(task_cfg._target_)
+    uses = getattr(cls, "uses_decoder", None)
+    return bool(uses(task_cfg)) if callable(uses) else bool(getattr(cls, "generative", False))
 
 
 def build_decoder(cfg: DictConfig, fusion: Any) -> Any:
@@ -167,9 +171,9 @@ def build_datamodule(cfg: DictConfig, module: MMFuseModule) -> MMFuseDataModule:
     encoders = module.model.encoders
     datamodule.attach(**{m: (enc.tokenizer if m == "text" else enc.transform) for m, enc in encoders.items()})
     datamodule.check_modalities(tuple(encoders), f"data={cfg.data.get('_target_', '?').rsplit('.', 1)[-1]}")
-    task = module.task
-    if getattr(task, "generative", False):
-        datamodule.captioning = CaptioningTargets(task.decoder.tokenizer, task.max_caption_tokens, task.prompt)
+    prepare = getattr(module.task, "configure_data", None)  # a generative task sets up its targets
+    if prepare is not None:
+        prepare(datamodule)
     datamodule.feature_cache = build_feature_cache(cfg, module.model)
     return datamodule
 

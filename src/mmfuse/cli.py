@@ -62,7 +62,18 @@ def run_entry(fn: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> fl
                 return None
             _say(f"mmfuse: error: {error}")
             sys.exit(2)
-    return optimized_value(results, cfg.get("optimized_metric"))
+    return optimized_value(results, optimized_metric(cfg))
+
+
+def optimized_metric(cfg: DictConfig) -> str | None:
+    """``cfg.optimized_metric``, or when it is null the task's ``monitor`` (the metric that picks the best
+    checkpoint: ``val/acc`` for itm, ``val/cider`` for captioning, ``val/rsum`` for retrieval)."""
+    metric = cfg.get("optimized_metric")
+    if metric is None and (cfg.get("task") or {}).get("_target_"):
+        from hydra._internal.utils import _locate
+
+        metric = getattr(_locate(cfg.task._target_), "monitor", "val/acc")
+    return metric
 
 
 def _say(line: str) -> None:

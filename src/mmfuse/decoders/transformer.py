@@ -1,6 +1,6 @@
 """``decoder=transformer``: a small transformer decoder trained from scratch on a word vocabulary.
 
-``h_0 = E[w] + P[t]``; ``layers`` pre-norm ``nn.TransformerDecoderLayer`` blocks (causal self-attention,
+``h_0 = E[w] + P[t]`` (both initialised ``N(0, 0.02²)``); ``layers`` pre-norm ``nn.TransformerDecoderLayer`` blocks (causal self-attention,
 cross-attention to ``W_m memory`` with the memory's padding masked, feed-forward); logits
 ``= W_o LN(h)`` (``W_o`` tied to ``E`` when ``tie_embeddings``) over the fitted vocabulary only: the
 layers are sized for ``max_vocab`` ids before the vocabulary is known, and the ids beyond it are never
@@ -34,7 +34,11 @@ class TransformerDecoder(Decoder):
         self.memory_dim = int(memory_dim)
         self.max_length = int(max_length)
         self.tokenizer = WordCaptionTokenizer(max_vocab)
+        # words and positions at one scale (GPT-2's N(0, 0.02²)): with PyTorch's N(0, 1) words and tied output
+        # weights, LN(h) · E scored the input word itself ~100x above the rest, and the decoder first
+        # learned to repeat it ("a white white white ...", measured)
         self.embed = nn.Embedding(max_vocab, width, padding_idx=0)
+        nn.init.normal_(self.embed.weight, std=0.02)
         self.position = nn.Parameter(torch.randn(1, max_length, width) * 0.02)
         self.memory_proj = nn.Linear(memory_dim, width)
         layer = nn.TransformerDecoderLayer(width, heads, dim_feedforward=ff_mult * width, dropout=dropout,

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanMetric
 
+from mmfuse.datamodule import CaptioningTargets
 from mmfuse.decoders.base import Decoder, GenerationOptions
 from mmfuse.decoders.memory import check_mode, memory_of
 from mmfuse.errors import MMFuseError
@@ -96,6 +97,10 @@ class CaptioningTask(Task):
     def max_caption_tokens(self) -> int:
         """The longest training caption in tokens, bos and eos included: the decoder's ``max_length``."""
         return int(self.decoder.max_length)
+
+    def configure_data(self, datamodule: Any) -> None:
+        """Before ``setup``: the data turns its splits into captioning pairs for this decoder and prompt."""
+        datamodule.captioning = CaptioningTargets(self.decoder.tokenizer, self.max_caption_tokens, self.prompt)
 
     def attach_data(self, datamodule: Any) -> None:
         """The data's references, checks and raw images per split (``MMFuseDataModule.captioning_splits``)."""

@@ -118,3 +118,6 @@ def RetrievalTask(in_dim: int, fusion_stage: str, temperature: float = 0.07, lea
                             temperature=temperature, max_pairs=max_pairs, rerank_k=rerank_k,
                             chunk_size=chunk_size, max_text_tokens=max_text_tokens, image_dim=image_dim,
                             text_dim=text_dim)
+
+
+RetrievalTask.monitor = "val/rsum"  # both of its tasks' (what optimized_metric: null reads)

@@ -18,42 +18,53 @@ from mmfuse.types import EncoderOutput
 
 class UnimodalFusion(Fusion):
     """``z = relu(A x_m)`` for the one modality ``m = modality``; ignores the others.
-    Parameters: ``(D_m + 1) dim``."""
+    Parameters: ``(D_m + 1) dim``.
+
+    ``project=false``: ``z = x_m``, the encoder's pooled features as they are (``out_dim = D_m``, ``dim``
+    unused, no parameters): what a non-parametric decoder (``decoder=nearest``) compares."""
 
     stage = "none"
     min_inputs = 1
 
-    def __init__(self, dims: Mapping[str, int], modality: str = "image", dim: int = 256) -> None:
+    def __init__(self, dims: Mapping[str, int], modality: str = "image", dim: int = 256, project: bool = True) -> None:
         super().__init__(dims)
-        require_positive("unimodal baseline", dim=dim)
+        if not isinstance(project, bool):
+            raise MMFuseError(f"fusion.project={project!r}: expected true (z = relu(A x)) or false (z = x)")
+        if project:
+            require_positive("unimodal baseline", dim=dim)
         if modality not in self.dims:
             raise MMFuseError(f"fusion.modality={modality!r}: this run has no {modality} encoder (its modalities: "
                               f"{', '.join(self.modalities)}); set fusion.modality to one of them")
         self.modality = modality
-        self.out_dim = dim
-        self.proj = nn.Linear(self.dims[modality], dim)
+        self.project = project
+        self.out_dim = dim if project else self.dims[modality]
+        if project:
+            self.proj = nn.Linear(self.dims[modality], dim)
 
     @property
     def uses(self) -> tuple[str, ...]:
         return (self.modality,)
 
     @staticmethod
-    def param_formula(dims: Mapping[str, int], modality: str, dim: int, **_: object) -> int:
-        return linear_params(dims[modality], dim)
+    def param_formula(dims: Mapping[str, int], modality: str, dim: int, project: bool = True, **_: object) -> int:
+        return linear_params(dims[modality], dim) if project else 0
 
     def forward(self, inputs: Mapping[str, EncoderOutput]) -> torch.Tensor:
-        return torch.relu(self.proj(inputs[self.modality].pooled))
+        x = inputs[self.modality].pooled
+        return torch.relu(self.proj(x)) if self.project else x
 
 
 class ImageOnly(UnimodalFusion):
     """``fusion=image_only``: ``UnimodalFusion`` of the image."""
 
-    def __init__(self, dims: Mapping[str, int], modality: str = "image", dim: int = 256) -> None:
-        super().__init__(dims, modality, dim)
+    def __init__(self, dims: Mapping[str, int], modality: str = "image", dim: int = 256,
+                 project: bool = True) -> None:
+        super().__init__(dims, modality, dim, project)
 
 
 class TextOnly(UnimodalFusion):
     """``fusion=text_only``: ``UnimodalFusion`` of the text."""
 
-    def __init__(self, dims: Mapping[str, int], modality: str = "text", dim: int = 256) -> None:
-        super().__init__(dims, modality, dim)
+    def __init__(self, dims: Mapping[str, int], modality: str = "text", dim: int = 256,
+                 project: bool = True) -> None:
+        super().__init__(dims, modality, dim, project)

@@ -32,11 +32,22 @@ differ from the target (``two`` x 6 + ``2`` x 2 + ``three`` x 2: target of ``2``
 (``vqa_answers.answer_accuracies`` of its raw answers) is in the batch, sparse:
 ``answer_accuracy_ids`` / ``answer_accuracy`` ``[B, W']`` (W' = most non-zero entries of a question in
 the split, at least 1; padded with -1 / 0). ``task=vqa`` reports ``vqa_acc`` from it.
+
+Generative answers (``task=vqa task.answer=generate``, ``mmfuse.tasks.vqa_generate``): the task sets
+``answer_generation`` (``AnswerTargets``: the decoder's tokenizer and longest answer) before ``setup``.
+Then every pair also carries ``caption_ids`` / ``caption_mask`` (the decoder tokens of the question's
+``answer_target``, padded to the split's longest; a question without a usable human answer has an
+all-False mask: nothing to train on) and ``question_index`` (the question's index in the split), which
+``human_answers_of[split][question_index]`` (the raw human answers, as the official evaluation scores
+them) is looked up by. A decoder vocabulary built from data (``tokenizer.fitted`` False) is fitted on
+the train split's answer targets first. Without ``answer_generation`` the batches are as above.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +66,7 @@ from mmfuse.data.validation import (
 from mmfuse.errors import MMFuseError
 from mmfuse.tasks.vqa_answers import (
     answer_accuracies,
+    ground_truth_forms,
     leave_one_out_accuracy,
     normalize_answer,
     prediction_forms,
@@ -69,6 +81,29 @@ def soft_score(n: int, kind: str = "min3", annotators: int = MAX_ANSWERS) -> flo
     if kind == "min3":
         return min(n / 3.0, 1.0)
     return leave_one_out_accuracy(n, annotators)
+
+
+@dataclass(frozen=True)
+class AnswerTargets:
+    """What ``task.answer=generate`` asks of the data: the decoder's tokenizer (``CaptionTokenizer``) and
+    the longest answer in tokens (bos and eos included)."""
+
+    tokenizer: Any
+    max_length: int
+
+
+def answer_target(answers: Sequence[str]) -> str:
+    """The answer a generative VQA decoder is trained on for a question with human ``answers``: among the
+    distinct non-empty prediction forms ``f = normalize_answer(a)``, the one with the highest official
+    accuracy (``leave_one_out_accuracy`` of the ground-truth forms equal to ``f``), ties broken by more
+    humans whose answer normalises to ``f``, then alphabetically; ``""`` when there is none. So the target
+    is the best-scoring answer the evaluation can accept (``two`` x 6 + ``2`` x 2 + ``three`` x 2 -> ``2``:
+    0.6, where ``3`` scores 0 because the humans' ``three`` is compared unnormalised)."""
+    forms = Counter(f for f in map(normalize_answer, answers) if f)
+    if not forms:
+        return ""
+    truth = Counter(ground_truth_forms(answers))
+    return min(forms, key=lambda f: (-leave_one_out_accuracy(truth[f], len(answers)), -forms[f], f))
 
 
 def padded(rows: list[list], width: int, fill: float, dtype: torch.dtype) -> torch.Tensor:
@@ -103,6 +138,8 @@ class VQAv2DataModule(CaptionDataModule):
         self._vocab: list[str] | None = None
         self._forms: dict[str, list[int]] | None = None
         self._answer_stats: dict[str, dict[str, int]] = {}
+        self.answer_generation: AnswerTargets | None = None  # set by task.answer=generate before setup
+        self.human_answers_of: dict[str, list[list[str]]] = {}  # per split and question (generative answers)
 
     def _load(self, name: str) -> tuple[Path, list, Path, dict[Any, Any], BadRecords]:
         qpath, apath = self.root / self._file_of("questions", name), self.root / self._file_of("annotations", name)
@@ -144,7 +181,7 @@ class VQAv2DataModule(CaptionDataModule):
         qpath, questions, _, answers, bad = self._load(name)
         index = {a: i for i, a in enumerate(self.vocabulary())}
         images, image_keys, image_of = [], [], {}
-        texts, caption_image, keys, ids, scores, accuracy = [], [], [], [], [], []
+        texts, caption_image, keys, ids, scores, accuracy, human = [], [], [], [], [], [], []
         no_answer_in_vocab = 0
         unknown = UnknownIds(answers, "the annotations")
         for n, q in enumerate(questions):
@@ -179,9 +216,11 @@ class VQAv2DataModule(CaptionDataModule):
             ids.append([index[a] for a in counts])
             scores.append([soft_score(c, self.soft_score, max(given, 1)) for c in counts.values()])
             accuracy.append(sorted(answer_accuracies(raw, self._forms).items()) if raw else [])
+            human.append(list(raw))
         self._answer_stats[name] = {"questions_without_vocab_answer": no_answer_in_vocab}
         return CaptionSplit(images, image_keys, texts, caption_image, keys, bad,
-                            {"answer_ids": ids, "answer_scores": scores, "answer_accuracy": accuracy})
+                            {"answer_ids": ids, "answer_scores": scores, "answer_accuracy": accuracy,
+                             "human_answers": human})
 
     def _file_of(self, field: str, split: str) -> str:
         """``data.<field>.<split>`` (a file name or pattern under the root); MMFuseError naming it when unset."""
@@ -205,10 +244,27 @@ class VQAv2DataModule(CaptionDataModule):
         ids, scores, accuracy = (split.extra[k] for k in ("answer_ids", "answer_scores", "answer_accuracy"))
         width = max([MAX_ANSWERS, *map(len, ids)])
         acc_width = max([1, *map(len, accuracy)])
-        return {"answer_ids": padded(ids, width, -1, torch.long),
+        generated = self.answer_fields(name, split) if self.answer_generation is not None else {}
+        return {**generated, "answer_ids": padded(ids, width, -1, torch.long),
                 "answer_scores": padded(scores, width, 0.0, torch.float32),
                 "answer_accuracy_ids": padded([[i for i, _ in a] for a in accuracy], acc_width, -1, torch.long),
                 "answer_accuracy": padded([[v for _, v in a] for a in accuracy], acc_width, 0.0, torch.float32)}
+
+    def answer_fields(self, name: str, split: CaptionSplit) -> dict[str, torch.Tensor]:
+        """``caption_ids`` / ``caption_mask`` / ``question_index`` of generative answers (module docstring)."""
+        targets = self.answer_generation
+        if not targets.tokenizer.fitted:
+            train = self.split("train")
+            if train is None:
+                raise MMFuseError("task.answer=generate: data=vqa_v2 needs a train split (data.questions.train) "
+                                  "to fit the decoder vocabulary on")
+            targets.tokenizer.fit([t for t in map(answer_target, train.extra["human_answers"]) if t])
+        human = split.extra["human_answers"]
+        answers = [answer_target(a) for a in human]
+        ids, mask = targets.tokenizer.encode(answers, targets.max_length)
+        mask[torch.tensor([not a for a in answers], dtype=torch.bool)] = False  # no answer: nothing to train on
+        self.human_answers_of[name] = [list(a) for a in human]
+        return {"caption_ids": ids, "caption_mask": mask, "question_index": torch.arange(len(human))}
 
     def describe(self) -> dict[str, Any]:
         out = super().describe()

@@ -13,6 +13,10 @@ which the data computes from the raw human answers (``mmfuse.data.vqa``); a batc
 error, never scored against its targets. So the metric does not follow the training target: with
 ``data.soft_score=min3`` (``min(n / 3, 1)``, which gives 1.0 where the official accuracy gives 0.9 for
 3 of 10 humans) ``vqa_acc`` stays the official one. Also ``loss``.
+
+``task.answer``: ``classify`` (the above) or ``generate``: ``VQATask(...)`` then builds a
+``mmfuse.tasks.vqa_generate.GenerativeVQATask`` (a decoder writes the answer, scored with the same
+official accuracy), and ``uses_decoder`` tells the builder to pass it the ``decoder``.
 """
 
 from __future__ import annotations
@@ -46,9 +50,31 @@ def vqa_accuracy(logits: torch.Tensor, accuracy: torch.Tensor) -> torch.Tensor:
     return accuracy.gather(1, logits.argmax(dim=1, keepdim=True)).squeeze(1)
 
 
+ANSWER_MODES = ("classify", "generate")
+
+
+def answer_mode(answer: Any) -> str:
+    if answer not in ANSWER_MODES:
+        raise MMFuseError(f"task.answer={answer!r}: expected classify (a head over the answer vocabulary) or "
+                          "generate (a decoder writes the answer: also set decoder=transformer | hf_cross | prefix_lm)")
+    return str(answer)
+
+
 class VQATask(Task):
     monitor = "val/vqa_acc"
     monitor_mode = "max"
+
+    @staticmethod
+    def uses_decoder(task_cfg: Any) -> bool:
+        """Whether ``task_cfg`` asks for generated answers (the builder then passes ``decoder``)."""
+        return answer_mode(task_cfg.get("answer", "classify")) == "generate"
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Task:
+        if cls is VQATask and answer_mode(kwargs.get("answer", "classify")) == "generate":
+            from mmfuse.tasks.vqa_generate import GenerativeVQATask
+
+            return GenerativeVQATask(*args, **kwargs)  # not a VQATask: its __init__ is not run again
+        return super().__new__(cls)
 
     def __init__(self, in_dim: int, fusion_stage: str, num_answers: int = 3129, head: str = "mlp",
                  hidden_dim: int = 512, dropout: float = 0.0, modalities: Sequence[str] = ("image", "text"),

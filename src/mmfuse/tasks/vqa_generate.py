@@ -1,0 +1,137 @@
+"""``task=vqa task.answer=generate``: a decoder (``conf/decoder``) writes the answer to the question.
+
+The question is the text input (through the text encoder and the fusion, as in classification VQA);
+the memory is the fusion's (``task.memory``, ``mmfuse.decoders.memory``). Training: teacher forcing on
+one answer per question, ``mmfuse.data.vqa.answer_target`` (the prediction form of its human answers
+with the highest official accuracy; ties: more humans, then alphabetical); loss
+``-(1/N) Σ_{b,t: mask[b,t+1]} log p(ids[b,t+1] | ids[b,:t+1], memory_b)`` over the real answer tokens
+(``mmfuse.tasks.captioning.token_loss``; a question without an answer has no target token).
+
+Evaluation: one answer generated per question (``task.generate``), decoded by the decoder's tokenizer
+and scored at the end of the split against that question's raw human answers with the official VQA
+evaluation (``mmfuse.tasks.vqa_answers.official_accuracy``: answer processing, then the leave-one-out
+mean of ``min(1, matches / 3)``), the function the classification VQA's accuracy comes from, so a
+generated answer equal to the classifier's answer scores the same (``answer_scores``):
+
+- ``vqa_acc`` = mean over questions of ``official_accuracy(generated, human answers)`` (0 for a question
+  without human answers); the monitor (max);
+- ``exact_vocab`` = share of questions whose generated answer's prediction form is in the data's answer
+  vocabulary (``data.num_answers`` most frequent train forms: the classifier's classes);
+- ``distinct`` = distinct prediction forms generated / questions;
+- ``loss``: the teacher-forced loss, averaged over answer tokens.
+
+With more than one process the generated answers of every rank are gathered before scoring.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torchmetrics import MeanMetric
+
+from mmfuse.decoders.base import Decoder, GenerationOptions
+from mmfuse.decoders.memory import check_mode, memory_of
+from mmfuse.errors import MMFuseError
+from mmfuse.tasks.base import STAGES, Task
+from mmfuse.tasks.captioning import gather_objects, token_loss, trim
+from mmfuse.tasks.vqa_answers import normalize_answer, official_accuracy
+
+
+def answer_scores(generated: Mapping[int, str], human: Sequence[Sequence[str]],
+                  vocabulary: Collection[str]) -> dict[str, float]:
+    """``vqa_acc``, ``exact_vocab`` and ``distinct`` (module docstring) of ``{question index: generated
+    answer}`` against ``human[question index]`` (raw human answers) and the answer ``vocabulary``."""
+    if not generated:
+        raise MMFuseError("answer_scores: no generated answers to score")
+    ids = sorted(generated)
+    if ids[0] < 0 or ids[-1] >= len(human):
+        raise MMFuseError(f"answer_scores: question index {ids[-1] if ids[-1] >= len(human) else ids[0]} outside "
+                          f"the split's {len(human)} questions")
+    forms = [normalize_answer(generated[i]) for i in ids]
+    acc = [official_accuracy(generated[i], human[i]) if human[i] else 0.0 for i in ids]
+    vocab = set(vocabulary)
+    return {"vqa_acc": sum(acc) / len(ids), "exact_vocab": sum(f in vocab for f in forms) / len(ids),
+            "distinct": len(set(forms)) / len(ids)}
+
+
+class GenerativeVQATask(Task):
+    monitor = "val/vqa_acc"
+    monitor_mode = "max"
+    generative = True
+
+    def __init__(self, in_dim: int, fusion_stage: str, decoder: Decoder | None = None,
+                 generate: Mapping[str, Any] | None = None, memory: str = "auto", label_smoothing: float = 0.0,
+                 **_: Any) -> None:
+        super().__init__()
+        if decoder is None:
+            raise MMFuseError("task=vqa task.answer=generate needs a decoder: set decoder=transformer | hf_cross | "
+                              "prefix_lm (or task.answer=classify)")
+        self.decoder = decoder
+        self.options = GenerationOptions(**dict(generate or {}))
+        self.memory = check_mode(memory)
+        self.label_smoothing = float(label_smoothing)
+        self.losses = nn.ModuleDict({s: MeanMetric() for s in STAGES})
+        self._generated: dict[str, dict[int, str]] = {s: {} for s in STAGES}
+        self._scores: dict[str, dict[str, float]] = {s: {} for s in STAGES}
+        self.last_generated: dict[str, dict[int, str]] = {}
+        self.human_answers: dict[str, list[list[str]]] = {}
+        self.vocabulary: list[str] = []
+
+    def configure_data(self, datamodule: Any) -> None:
+        """Before ``setup``: the data adds the answers' decoder tokens to every pair (``mmfuse.data.vqa``)."""
+        if not hasattr(datamodule, "answer_generation"):
+            raise MMFuseError(f"task.answer=generate needs VQA data with human answers (data=vqa_v2), not "
+                              f"data={type(datamodule).__name__}; or set task.answer=classify")
+        from mmfuse.data.vqa import AnswerTargets
+
+        datamodule.answer_generation = AnswerTargets(self.decoder.tokenizer, int(self.decoder.max_length))
+
+    def attach_data(self, datamodule: Any) -> None:
+        """The raw human answers per split and question, and the answer vocabulary."""
+        self.human_answers = datamodule.human_answers_of
+        self.vocabulary = list(datamodule.vocabulary())
+
+    def step(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        if "caption_ids" not in batch or "question_index" not in batch:
+            raise MMFuseError("task.answer=generate: the batch has no 'caption_ids' / 'question_index'; the data "
+                              "was not set up for generated answers (build it with mmfuse.builder.build_datamodule)")
+        memory, memory_mask = memory_of(model.fusion, model.encode_all(batch), self.memory)
+        ids, mask = trim(batch["caption_ids"], batch["caption_mask"])
+        logits = self.decoder(memory, memory_mask, ids, mask)
+        total, count = token_loss(logits, ids, mask, self.label_smoothing)
+        loss = total / count.clamp_min(1)
+        outputs: dict[str, Any] = {"loss": loss.detach(), "tokens": count}
+        if not self.training:
+            outputs["generated"] = self.decoder.generate(memory, memory_mask, self.options)
+        return loss, outputs
+
+    def update(self, stage: str, outputs: dict[str, Any], batch: dict[str, Any]) -> None:
+        self.losses[stage].update(outputs["loss"], outputs["tokens"].float())
+        tokenizer = self.decoder.tokenizer
+        for q, ids in zip(batch["question_index"].tolist(), outputs["generated"], strict=True):
+            self._generated[stage][int(q)] = tokenizer.decode(list(ids))
+
+    def epoch_end(self, stage: str, model: nn.Module) -> None:
+        generated = dict(gather_objects(sorted(self._generated[stage].items())))
+        self._generated[stage] = {}
+        if not generated:
+            self._scores[stage] = {}
+            return
+        human = self.human_answers.get(stage)
+        if human is None:
+            raise MMFuseError(f"task.answer=generate: no human answers for the {stage} split (attach_data was not "
+                              "called)")
+        self._scores[stage] = answer_scores(generated, human, self.vocabulary)
+        self.last_generated[stage] = generated
+
+    def compute(self, stage: str) -> dict[str, torch.Tensor]:
+        out = {f"{stage}/loss": self.losses[stage].compute()}
+        out.update({f"{stage}/{k}": torch.tensor(float(v)) for k, v in self._scores[stage].items()})
+        return out
+
+    def reset(self, stage: str) -> None:
+        self.losses[stage].reset()
+        self._scores[stage] = {}

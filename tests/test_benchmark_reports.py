@@ -153,3 +153,35 @@ def test_experiment_configs_compose_and_validate(make_cfg, experiment, data, swe
     assert dict(cfg.hydra.sweeper.params) == sweep
     assert f"/multirun/{experiment}/" in cfg.hydra.sweep.dir
     assert cfg.test is False
+
+
+def test_captioning_table_rows_are_fusion_by_decoder_with_seed_statistics(tmp_path):
+    report = load("shapes_captioning")
+
+    def metrics(cider, objects):
+        return {"val/cider": cider, "val/bleu4": 0.5, "val/exact": objects / 2, "val/distinct": 0.1,
+                **{f"val/ground_{g}": 1.0 for g in ("grammatical", "color_named", "shape_named")},
+                "val/ground_objects": objects, "val/ground_relation": objects / 2, "val/ground_correct": objects / 2}
+
+    sweep = tmp_path / "sweep"
+    for i, (fusion, seed, cider, objects) in enumerate([("single_stream", 1, 6.0, 1.0), ("single_stream", 2, 7.0, 0.9),
+                                                         ("mul", 1, 3.5, 0.1)]):
+        write_run(sweep / str(i), fusion, seed, metrics(cider, objects))
+        record = json.loads((sweep / str(i) / "results.json").read_text())
+        record["choices"]["decoder"] = "transformer"
+        (sweep / str(i) / "results.json").write_text(json.dumps(record))
+    assert report.main([str(sweep), "--out", str(tmp_path / "out")]) == 0
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert table.splitlines()[2].startswith("| `mul` | `transformer` | 1 | 1 | 3.500 ± 0.000 |")  # fusions in order
+    assert line(table, "| `single_stream` |").startswith(
+        "| `single_stream` | `transformer` | 2 | 1,2 | 6.500 ± 0.707 | 0.500 ± 0.000 | 0.475 ± 0.035 |")
+    assert "| 0.950 ± 0.071 | 0.475 ± 0.035 | 0.475 ± 0.035 |" in line(table, "| `single_stream` |")
+
+
+def test_captioning_experiment_config_composes_and_validates(make_cfg):
+    cfg = make_cfg("experiment=shapes_captioning")
+    validate_train_config(cfg)
+    assert cfg.task._target_ == "mmfuse.tasks.captioning.CaptioningTask"
+    assert cfg.decoder._target_ == "mmfuse.decoders.transformer.TransformerDecoder"
+    assert dict(cfg.hydra.sweeper.params) == {"fusion": "mul,cross_attention,qformer,single_stream", "seed": "1,2"}
+    assert cfg.test is False

@@ -227,3 +227,26 @@ def test_optimized_metric_is_the_tasks_own_unless_set(make_cfg):
     assert optimized_metric(make_cfg()) == "val/acc"
     assert optimized_metric(make_cfg("task=retrieval")) == "val/rsum"
     assert optimized_metric(make_cfg("task=captioning", "optimized_metric=val/bleu4")) == "val/bleu4"
+
+
+def test_pairwise_fusion_over_three_modalities_hands_over_every_pairs_tokens():
+    from omegaconf import OmegaConf
+
+    from mmfuse.builder import build_fusion
+
+    dims = {"image": 6, "audio": 4, "text": 5}
+    cfg = OmegaConf.create({"fusion": {"_target_": "mmfuse.fusion.cross.CrossAttentionFusion", "dim": 8, "heads": 2,
+                                       "layers": 1, "context": "text"}})
+    torch.manual_seed(0)
+    fusion = build_fusion(cfg, dims)
+    x = _inputs()
+    x["audio"] = EncoderOutput(torch.randn(2, 4), torch.randn(2, 2, 4), torch.tensor([[1, 0], [1, 1]]).bool())
+    tokens, mask = memory_of(fusion, x, "auto")
+    image_t, image_m = fusion.pairs["image"].fused_tokens({"image": x["image"], "text": x["text"]})
+    audio_t, audio_m = fusion.pairs["audio"].fused_tokens({"audio": x["audio"], "text": x["text"]})
+    assert torch.equal(tokens, torch.cat([image_t, audio_t], 1))
+    assert torch.equal(mask, torch.cat([image_m, audio_m], 1).bool())
+    assert memory_dim(fusion, "auto") == fusion.pairs["image"].token_dim
+    mul = build_fusion(OmegaConf.create({"fusion": {"_target_": "mmfuse.fusion.bilinear.MFBFusion"}}), dims)
+    assert not hasattr(mul, "fused_tokens")  # a pooled pairwise fusion hands over its vector
+    assert memory_of(mul, x, "auto")[0].shape == (2, 1, mul.out_dim)

@@ -12,7 +12,14 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from conftest import CONF_DIR, FAST, needs_shared
-from mmfuse.builder import build_callbacks, build_datamodule, build_fusion, build_loggers, build_module
+from mmfuse.builder import (
+    build_callbacks,
+    build_datamodule,
+    build_fusion,
+    build_loggers,
+    build_module,
+    is_generative,
+)
 from mmfuse.encoders.torchvision_image import TorchvisionImageEncoder
 from mmfuse.fusion.pooled import AttentionFusion
 from mmfuse.module import MMFuseModule
@@ -103,7 +110,10 @@ def test_data_options_instantiate(make_cfg, option):
 @pytest.mark.parametrize("option", options("task"))
 def test_task_options_instantiate(make_cfg, option):
     cfg = make_cfg(f"task={option}")
-    task = instantiate(cfg.task, in_dim=32, fusion_stage="mid")
+    extra = {}
+    if is_generative(cfg.task):  # captioning: the decoder its config selects, over a 32-d memory
+        extra["decoder"] = instantiate(cfg.decoder, memory_dim=32)
+    task = instantiate(cfg.task, in_dim=32, fusion_stage="mid", **extra)
     assert task.monitor.startswith("val/")
 
 

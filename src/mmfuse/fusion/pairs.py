@@ -6,10 +6,14 @@ whatever their order in ``MODALITIES``), where ``c = fusion.context`` (text by d
 of the other inputs is read against) and each ``f_m`` is its own copy of the pairwise fusion (its own
 parameters). ``out_dim = Σ_m out_dim(f_m)``; parameters ``Σ_m P_f(D_m, D_c)``. With two modalities the
 builder builds the pairwise fusion itself, so its state dict keys are those of an image-text run.
+A pairwise fusion that hands a decoder its fused tokens (``fused_tokens``) hands over each pair's
+sequence, concatenated along the tokens in the same order (with their masks; ``token_dim`` is the
+pairs' own).
 """
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -50,11 +54,23 @@ class ContextPairs(Fusion):
         first = next(iter(self.pairs.values()))
         self.stage, self.needs_tokens = first.stage, first.needs_tokens
         self.out_dim = sum(f.out_dim for f in self.pairs.values())
+        if hasattr(first, "fused_tokens"):
+            self.token_dim = first.token_dim
+            self.fused_tokens = types.MethodType(_pairs_fused_tokens, self)  # only where the pairs have it
 
     def forward(self, inputs: Mapping[str, EncoderOutput]) -> torch.Tensor:
-        return torch.cat([f({m: inputs[m], self.context: inputs[self.context]}) for m, f in self.pairs.items()], -1)
+        return torch.cat([f(self._pair_inputs(m, inputs)) for m, f in self.pairs.items()], -1)
+
+    def _pair_inputs(self, m: str, inputs: Mapping[str, EncoderOutput]) -> dict[str, EncoderOutput]:
+        return {m: inputs[m], self.context: inputs[self.context]}
 
     @staticmethod
     def expected_params_of(cls: type[Fusion], dims: Mapping[str, int], context: str = "text", **options: Any) -> int:
         """``Σ_m P_f(D_m, D_c)`` of ``cls`` with ``options``."""
         return sum(cls.expected_params(pair, **options) for pair in context_pairs(dims, context))
+
+
+def _pairs_fused_tokens(self: ContextPairs, inputs: Mapping[str, EncoderOutput]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each pair's ``fused_tokens``, concatenated along the tokens (pairs in order), with their masks."""
+    parts = [f.fused_tokens(self._pair_inputs(m, inputs)) for m, f in self.pairs.items()]
+    return torch.cat([t for t, _ in parts], 1), torch.cat([mask.bool() for _, mask in parts], 1)

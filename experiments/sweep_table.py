@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -136,3 +137,22 @@ def write(out: Path, name: str, text: str, rows: list[dict], problems: list[str]
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.md").write_text(text)
     (out / f"{name}.json").write_text(json.dumps({"rows": rows, "left_out": problems}, indent=1))
+
+
+def report(args: argparse.Namespace, key: Callable[[dict], tuple[str, ...]], key_names: Sequence[str],
+           columns: Sequence[str], labels: Sequence[str], order: Callable[[tuple], Any] | None = None,
+           split_after: int | None = None) -> int:
+    """The whole report of a sweep: load the runs (``SystemExit`` listing the problems when none
+    completed), rows sorted by ``order`` of ``(key, runs)`` (default: by key), ``table.md`` /
+    ``table.json`` / ``table.png`` under ``args.out``, the table printed."""
+    groups, problems = load_runs(args.dirs, key)
+    if not groups:
+        raise SystemExit("no completed runs found" + "".join(f"\n- {p}" for p in problems))
+    groups = dict(sorted(groups.items(), key=order) if order else sorted(groups.items()))
+    rows = summarise(groups, key_names, columns)
+    text = markdown(rows, key_names, columns, labels, problems)
+    write(args.out, args.name, text, rows, problems)
+    heatmap(rows, key_names, columns, labels, args.out / f"{args.name}.png", args.title, split_after=split_after)
+    print(text)
+    print(f"wrote {args.out / (args.name + '.md')}, {args.name}.json and {args.name}.png", file=sys.stderr)
+    return 0

@@ -35,17 +35,7 @@ def key(record: dict) -> tuple[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = sweep_table.arguments(__doc__, Path(__file__).parent, "shapes_av: val accuracy by fusion and interaction type")
     args = parser.parse_args(argv)
-    groups, problems = sweep_table.load_runs(args.dirs, key)
-    if not groups:
-        raise SystemExit("no completed runs found" + "".join(f"\n- {p}" for p in problems))
-    groups = dict(sorted(groups.items()))
-    rows = sweep_table.summarise(groups, KEYS, COLUMNS)
-    text = sweep_table.markdown(rows, KEYS, COLUMNS, LABELS, problems)
-    sweep_table.write(args.out, args.name, text, rows, problems)
-    sweep_table.heatmap(rows, KEYS, COLUMNS, LABELS, args.out / f"{args.name}.png", args.title, split_after=0)
-    print(text)
-    print(f"wrote {args.out / (args.name + '.md')}, {args.name}.json and {args.name}.png", file=sys.stderr)
-    return 0
+    return sweep_table.report(args, key, KEYS, COLUMNS, LABELS, split_after=0)
 
 
 if __name__ == "__main__":

@@ -40,17 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = sweep_table.arguments(__doc__, Path(__file__).parent,
                                    "shapes captioning: caption metrics and grounding per attribute (val)")
     args = parser.parse_args(argv)
-    groups, problems = sweep_table.load_runs(args.dirs, key)
-    if not groups:
-        raise SystemExit("no completed runs found" + "".join(f"\n- {p}" for p in problems))
-    groups = dict(sorted(groups.items(), key=row_order))
-    rows = sweep_table.summarise(groups, KEYS, COLUMNS)
-    text = sweep_table.markdown(rows, KEYS, COLUMNS, LABELS, problems)
-    sweep_table.write(args.out, args.name, text, rows, problems)
-    sweep_table.heatmap(rows, KEYS, COLUMNS, LABELS, args.out / f"{args.name}.png", args.title, split_after=4)
-    print(text)
-    print(f"wrote {args.out / (args.name + '.md')}, {args.name}.json and {args.name}.png", file=sys.stderr)
-    return 0
+    return sweep_table.report(args, key, KEYS, COLUMNS, LABELS, order=row_order, split_after=4)
 
 
 if __name__ == "__main__":

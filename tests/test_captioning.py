@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import SHARED, run_cli
 from mmfuse.data.captioning import caption_split, references_from_pairs
 from mmfuse.data.pairs import PairDataset, TensorImages
 from mmfuse.decoders.base import GenerationOptions
@@ -250,3 +250,19 @@ def test_pairwise_fusion_over_three_modalities_hands_over_every_pairs_tokens():
     mul = build_fusion(OmegaConf.create({"fusion": {"_target_": "mmfuse.fusion.bilinear.MFBFusion"}}), dims)
     assert not hasattr(mul, "fused_tokens")  # a pooled pairwise fusion hands over its vector
     assert memory_of(mul, x, "auto")[0].shape == (2, 1, mul.out_dim)
+
+
+def test_transformer_decoder_on_the_text_encoders_tokenizer():
+    minilm = SHARED / "weights" / "all-MiniLM-L6-v2"
+    if not minilm.is_dir():
+        pytest.skip("../shared/weights/all-MiniLM-L6-v2 is absent")
+    torch.manual_seed(0)
+    dec = TransformerDecoder(memory_dim=8, width=16, layers=1, heads=2, ff_mult=2, dropout=0.0, tokenizer=str(minilm))
+    tok = dec.tokenizer
+    assert (tok.bos_id, tok.eos_id, tok.pad_id) == (101, 102, 0) and dec.embed.weight.shape == (30522, 16)
+    ids, mask = tok.encode(["a dog"], max_length=8)
+    assert ids.tolist() == [[101, 1037, 3899, 102]]
+    assert dec(torch.randn(1, 2, 8), torch.ones(1, 2, dtype=torch.bool), ids).shape == (1, 4, 30522)
+    out = dec.eval().generate(torch.randn(2, 2, 8), torch.ones(2, 2, dtype=torch.bool), GenerationOptions(max_length=3))
+    assert all(len(o) <= 3 and not {101, 0} & set(o) for o in out)  # neither bos nor padding is generated
+    assert dec.state_dict()["_extra_state"] == {"vocab": None}

@@ -27,68 +27,28 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-from torchmetrics import MeanMetric
-
 from mmfuse.datamodule import CaptioningTargets
-from mmfuse.decoders.base import Decoder, GenerationOptions
-from mmfuse.decoders.memory import check_mode, memory_of
+from mmfuse.decoders.base import Decoder
 from mmfuse.errors import MMFuseError
-from mmfuse.tasks.base import STAGES, Task
 from mmfuse.tasks.caption_metrics import caption_scores, generation_sanity, ptb_tokenize
+from mmfuse.tasks.generative import GenerativeTask, gather_objects, token_loss, trim
+
+__all__ = ["CaptioningTask", "gather_objects", "token_loss", "trim"]
 
 log = logging.getLogger(__name__)
 
 
-def token_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
-               label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(summed cross-entropy over the real targets, their number)``: targets ``ids[:, 1:]`` where
-    ``mask[:, 1:]``, predicted by ``logits[:, :-1]``."""
-    target, keep = ids[:, 1:], mask[:, 1:].bool()
-    ce = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), target, reduction="none",
-                         label_smoothing=label_smoothing)
-    return (ce * keep).sum(), keep.sum()
-
-
-def trim(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The columns of a caption batch that hold a real token in some row."""
-    length = max(int(mask.sum(1).max()), 1)
-    return ids[:, :length], mask[:, :length].bool()
-
-
-def gather_objects(items: list[Any]) -> list[Any]:
-    """``items`` of every process, concatenated (this process's alone without a process group)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return items
-    world = torch.distributed.get_world_size()
-    gathered: list[list[Any]] = [[] for _ in range(world)]
-    torch.distributed.all_gather_object(gathered, items)
-    return [x for part in gathered for x in part]
-
-
-class CaptioningTask(Task):
+class CaptioningTask(GenerativeTask):
     monitor = "val/cider"
     monitor_mode = "max"
-    generative = True
+    name = "task=captioning"
 
-    def __init__(self, in_dim: int, fusion_stage: str, decoder: Decoder, generate: Mapping[str, Any] | None = None,
-                 prompt: str = "a picture of", memory: str = "auto", label_smoothing: float = 0.0,
-                 samples: int = 16, **_: Any) -> None:
-        super().__init__()
-        if decoder is None:
-            raise MMFuseError("task=captioning needs a decoder: set decoder=transformer | hf_cross | prefix_lm")
-        self.decoder = decoder
-        self.options = GenerationOptions(**dict(generate or {}))
+    def __init__(self, in_dim: int, fusion_stage: str, decoder: Decoder | None = None,
+                 generate: Mapping[str, Any] | None = None, prompt: str = "a picture of", memory: str = "auto",
+                 label_smoothing: float = 0.0, samples: int = 16, **_: Any) -> None:
+        super().__init__(decoder, generate, memory, label_smoothing)
         self.prompt = str(prompt)
-        self.memory = check_mode(memory)
-        self.label_smoothing = float(label_smoothing)
         self.samples = int(samples)
-        self.losses = nn.ModuleDict({s: MeanMetric() for s in STAGES})
-        self._generated: dict[str, dict[int, str]] = {s: {} for s in STAGES}
-        self._scores: dict[str, dict[str, float]] = {s: {} for s in STAGES}
-        self.last_generated: dict[str, dict[int, str]] = {}
         self.references: dict[str, list[list[str]]] = {}
         self.diagnostics: dict[str, Any] = {}
         self.images: dict[str, Any] = {}
@@ -108,35 +68,7 @@ class CaptioningTask(Task):
         self.images = datamodule.caption_images
         self.diagnostics = {name: datamodule.caption_diagnostics(name) for name in self.references}
 
-    def memory_for(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        return memory_of(model.fusion, model.encode_all(batch), self.memory)
-
-    def step(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
-        if "caption_ids" not in batch:
-            raise MMFuseError("task=captioning: the batch has no 'caption_ids'; the data module was not set up for "
-                              "captioning (build it with mmfuse.builder.build_datamodule)")
-        memory, memory_mask = self.memory_for(model, batch)
-        ids, mask = trim(batch["caption_ids"], batch["caption_mask"])
-        logits = self.decoder(memory, memory_mask, ids, mask)
-        total, count = token_loss(logits, ids, mask, self.label_smoothing)
-        loss = total / count.clamp_min(1)
-        outputs: dict[str, Any] = {"loss": loss.detach(), "tokens": count}
-        if not self.training:
-            outputs["generated"] = self.decoder.generate(memory, memory_mask, self.options)
-        return loss, outputs
-
-    def update(self, stage: str, outputs: dict[str, Any], batch: dict[str, Any]) -> None:
-        self.losses[stage].update(outputs["loss"], outputs["tokens"].float())
-        tokenizer = self.decoder.tokenizer
-        for image_id, ids in zip(batch["image_id"].tolist(), outputs["generated"], strict=True):
-            self._generated[stage][int(image_id)] = tokenizer.decode(list(ids))
-
-    def epoch_end(self, stage: str, model: nn.Module) -> None:
-        generated = dict(gather_objects(sorted(self._generated[stage].items())))
-        self._generated[stage] = {}
-        if not generated:
-            self._scores[stage] = {}
-            return
+    def score(self, stage: str, generated: dict[int, str]) -> dict[str, float]:
         refs = self.references.get(stage)
         if refs is None:
             raise MMFuseError(f"task=captioning: no references for the {stage} split (attach_data was not called)")
@@ -148,17 +80,7 @@ class CaptioningTask(Task):
         check = self.diagnostics.get(stage)
         if check is not None:
             scores.update(check(ids, texts))
-        self._scores[stage] = scores
-        self.last_generated[stage] = generated
-
-    def compute(self, stage: str) -> dict[str, torch.Tensor]:
-        out = {f"{stage}/loss": self.losses[stage].compute()}
-        out.update({f"{stage}/{k}": torch.tensor(float(v)) for k, v in self._scores[stage].items()})
-        return out
-
-    def reset(self, stage: str) -> None:
-        self.losses[stage].reset()
-        self._scores[stage] = {}
+        return scores
 
     def fit_end(self, run_dir: Path, loggers: list[Any]) -> Path | None:
         """The grid of the first ``samples`` validation images of the last validation (rank 0)."""

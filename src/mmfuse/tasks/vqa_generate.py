@@ -28,15 +28,9 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-import torch
-from torch import nn
-from torchmetrics import MeanMetric
-
-from mmfuse.decoders.base import Decoder, GenerationOptions
-from mmfuse.decoders.memory import check_mode, memory_of
+from mmfuse.decoders.base import Decoder
 from mmfuse.errors import MMFuseError
-from mmfuse.tasks.base import STAGES, Task
-from mmfuse.tasks.captioning import gather_objects, token_loss, trim
+from mmfuse.tasks.generative import GenerativeTask
 from mmfuse.tasks.vqa_answers import normalize_answer, official_accuracy
 
 
@@ -57,26 +51,17 @@ def answer_scores(generated: Mapping[int, str], human: Sequence[Sequence[str]],
             "distinct": len(set(forms)) / len(ids)}
 
 
-class GenerativeVQATask(Task):
+class GenerativeVQATask(GenerativeTask):
     monitor = "val/vqa_acc"
     monitor_mode = "max"
-    generative = True
+    item_key = "question_index"
+    name = "task=vqa task.answer=generate"
 
     def __init__(self, in_dim: int, fusion_stage: str, decoder: Decoder | None = None,
                  generate: Mapping[str, Any] | None = None, memory: str = "auto", label_smoothing: float = 0.0,
                  **_: Any) -> None:
-        super().__init__()
-        if decoder is None:
-            raise MMFuseError("task=vqa task.answer=generate needs a decoder: set decoder=transformer | hf_cross | "
-                              "prefix_lm (or task.answer=classify)")
-        self.decoder = decoder
-        self.options = GenerationOptions(**dict(generate or {}))
-        self.memory = check_mode(memory)
-        self.label_smoothing = float(label_smoothing)
-        self.losses = nn.ModuleDict({s: MeanMetric() for s in STAGES})
-        self._generated: dict[str, dict[int, str]] = {s: {} for s in STAGES}
-        self._scores: dict[str, dict[str, float]] = {s: {} for s in STAGES}
-        self.last_generated: dict[str, dict[int, str]] = {}
+        super().__init__(decoder, generate, memory, label_smoothing,
+                         needs="set decoder=transformer | hf_cross | prefix_lm (or task.answer=classify)")
         self.human_answers: dict[str, list[list[str]]] = {}
         self.vocabulary: list[str] = []
 
@@ -94,44 +79,9 @@ class GenerativeVQATask(Task):
         self.human_answers = datamodule.human_answers_of
         self.vocabulary = list(datamodule.vocabulary())
 
-    def step(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
-        if "caption_ids" not in batch or "question_index" not in batch:
-            raise MMFuseError("task.answer=generate: the batch has no 'caption_ids' / 'question_index'; the data "
-                              "was not set up for generated answers (build it with mmfuse.builder.build_datamodule)")
-        memory, memory_mask = memory_of(model.fusion, model.encode_all(batch), self.memory)
-        ids, mask = trim(batch["caption_ids"], batch["caption_mask"])
-        logits = self.decoder(memory, memory_mask, ids, mask)
-        total, count = token_loss(logits, ids, mask, self.label_smoothing)
-        loss = total / count.clamp_min(1)
-        outputs: dict[str, Any] = {"loss": loss.detach(), "tokens": count}
-        if not self.training:
-            outputs["generated"] = self.decoder.generate(memory, memory_mask, self.options)
-        return loss, outputs
-
-    def update(self, stage: str, outputs: dict[str, Any], batch: dict[str, Any]) -> None:
-        self.losses[stage].update(outputs["loss"], outputs["tokens"].float())
-        tokenizer = self.decoder.tokenizer
-        for q, ids in zip(batch["question_index"].tolist(), outputs["generated"], strict=True):
-            self._generated[stage][int(q)] = tokenizer.decode(list(ids))
-
-    def epoch_end(self, stage: str, model: nn.Module) -> None:
-        generated = dict(gather_objects(sorted(self._generated[stage].items())))
-        self._generated[stage] = {}
-        if not generated:
-            self._scores[stage] = {}
-            return
+    def score(self, stage: str, generated: dict[int, str]) -> dict[str, float]:
         human = self.human_answers.get(stage)
         if human is None:
             raise MMFuseError(f"task.answer=generate: no human answers for the {stage} split (attach_data was not "
                               "called)")
-        self._scores[stage] = answer_scores(generated, human, self.vocabulary)
-        self.last_generated[stage] = generated
-
-    def compute(self, stage: str) -> dict[str, torch.Tensor]:
-        out = {f"{stage}/loss": self.losses[stage].compute()}
-        out.update({f"{stage}/{k}": torch.tensor(float(v)) for k, v in self._scores[stage].items()})
-        return out
-
-    def reset(self, stage: str) -> None:
-        self.losses[stage].reset()
-        self._scores[stage] = {}
+        return answer_scores(generated, human, self.vocabulary)

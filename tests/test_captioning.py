@@ -266,3 +266,21 @@ def test_transformer_decoder_on_the_text_encoders_tokenizer():
     out = dec.eval().generate(torch.randn(2, 2, 8), torch.ones(2, 2, dtype=torch.bool), GenerationOptions(max_length=3))
     assert all(len(o) <= 3 and not {101, 0} & set(o) for o in out)  # neither bos nor padding is generated
     assert dec.state_dict()["_extra_state"] == {"vocab": None}
+
+
+def test_eval_selects_the_checkpoints_data_task_and_decoder_groups_first(tmp_path):
+    """``eval.py ckpt_path=X task.generate.num_beams=3`` / ``data.frames=4``: keys of the checkpoint's own
+    groups, which the eval config (task=itm, data=shapes by default) does not have."""
+    from mmfuse.evaluate import checkpoint_groups
+    from mmfuse.module import CONFIG_KEY
+
+    ckpt = tmp_path / "last.ckpt"
+    choices = {"data": "shapes_video", "task": "captioning", "decoder": "transformer", "fusion": "mul"}
+    torch.save({CONFIG_KEY: {"choices": choices}, "state_dict": {}}, ckpt)
+    assert checkpoint_groups([f"ckpt_path={ckpt}", "task.generate.num_beams=3"]) == [
+        "data=shapes_video", "task=captioning", "decoder=transformer"]
+    # the eval command's own choice wins: that group is not prepended
+    assert checkpoint_groups([f"ckpt_path={ckpt}", "data=shapes", "+decoder=transformer"]) == ["task=captioning"]
+    assert checkpoint_groups(["ckpt_path=/no/such.ckpt"]) == []  # evaluate() then names the missing file
+    (tmp_path / "bad.ckpt").write_bytes(b"not a checkpoint")
+    assert checkpoint_groups([f"ckpt_path={tmp_path / 'bad.ckpt'}"]) == []

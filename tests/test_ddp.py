@@ -143,3 +143,22 @@ def test_ddp_multirun_one_directory_per_job_and_the_metrics_of_one_process(tmp_p
         assert set(results["metrics"]) == set(expected["metrics"])
         for key, value in expected["metrics"].items():
             assert results["metrics"][key] == pytest.approx(value, abs=1e-5), (job.name, key)
+
+
+@pytest.mark.slow
+def test_ddp_captioning_scores_the_whole_split_as_one_process(tmp_path):
+    """Captions generated on 2 ranks (each its shard of the validation images) are gathered before
+    scoring: CIDEr-D's document frequencies and every caption metric equal the one-process run's."""
+    common = ["task=captioning", "encoder.image.freeze=true", "optimizer.lr=1e-2", "seed=5", "cache=off",
+              "debug=fast", "data.num_train=48", "data.num_val=30", "test=false", "task.samples=0"]
+    ddp = run_cli("train.py", *common, "trainer=ddp_cpu", "data.batch_size=8", "data.eval_batch_size=8",
+                  f"hydra.run.dir={tmp_path / 'ddp'}", outputs=tmp_path)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    one = run_cli("train.py", *common, "data.batch_size=16", "data.eval_batch_size=16",
+                  f"hydra.run.dir={tmp_path / 'one'}", outputs=tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    results, expected = (json.loads((tmp_path / d / "results.json").read_text())["metrics"] for d in ("ddp", "one"))
+    assert {"val/cider", "val/bleu4", "val/distinct", "val/ground_objects"} <= set(expected)
+    assert set(results) == set(expected)
+    for key, value in expected.items():
+        assert results[key] == pytest.approx(value, abs=1e-5), key

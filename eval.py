@@ -16,7 +16,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    from mmfuse.evaluate import GROUPS_ENV, checkpoint_groups
+    from mmfuse.eval_groups import GROUPS_ENV, checkpoint_groups  # light: no torch for --help
 
     # the checkpoint's data / task / decoder groups first, so that their keys can be overridden
     groups = checkpoint_groups(sys.argv[1:])

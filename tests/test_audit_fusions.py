@@ -393,6 +393,7 @@ BUILT_AS_SAID = {
     "concat": lambda f: [m.out_features for m in f.hidden] == [500, 500] and not f.output_activation,
     "mutan": lambda f: isinstance(f.input_act, torch.nn.Identity),
     "nl_gate": lambda f: f.form == "multibench" and f.out_dim == 64 * 64,
+    "qformer": lambda f: f.uses == ("image",),
 }
 # the key bias adds q_n·b_k to every score of query n, which the softmax over s cancels: its gradient is
 # zero up to rounding (~1e-7), too small to move a float32 weight of ~0.1 at lr 0.1
@@ -405,6 +406,7 @@ def test_the_readme_table_gives_these_overrides():
         "concat": ["fusion.hidden=[500,500]", "fusion.output_activation=false"],
         "mutan": ["fusion.input_activation=identity"],
         "nl_gate": ["fusion.form=multibench", "fusion.image_tokens=64"],
+        "qformer": ["fusion.text_in_self_attention=false"],
     }
 
 

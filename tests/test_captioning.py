@@ -271,7 +271,7 @@ def test_transformer_decoder_on_the_text_encoders_tokenizer():
 def test_eval_selects_the_checkpoints_data_task_and_decoder_groups_first(tmp_path):
     """``eval.py ckpt_path=X task.generate.num_beams=3`` / ``data.frames=4``: keys of the checkpoint's own
     groups, which the eval config (task=itm, data=shapes by default) does not have."""
-    from mmfuse.evaluate import checkpoint_groups
+    from mmfuse.eval_groups import checkpoint_groups
     from mmfuse.module import CONFIG_KEY
 
     ckpt = tmp_path / "last.ckpt"

@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mmfuse.builder import build_datamodule, build_module, configured_modalities
 from mmfuse.checkpoint_file import load_checkpoint
+from mmfuse.eval_groups import GROUPS_ENV
 from mmfuse.frozen_weights import source_overrides
 from mmfuse.module import CONFIG_KEY
 from mmfuse.report import print_summary
@@ -42,35 +43,12 @@ from mmfuse.runinfo import hydra_runtime, task_overrides, versions
 MODEL_SECTIONS = ("encoder", "fusion", "task", "decoder")
 # keys of the model sections an eval command may change: how a decoder searches, not what was trained
 EVAL_MODEL_KEYS = ("task.generate.",)
-# the groups of the checkpoint's run that eval.py selects before Hydra composes the eval config, so that
-# the eval command can name their keys (task.generate.num_beams=3, data.root=...) as a train command can
-GROUPS_FROM_CHECKPOINT = ("data", "task", "decoder")
-GROUPS_ENV = "MMFUSE_EVAL_GROUPS"
 CARRIED_SECTIONS = ("data", "cache")
 NOT_INHERITED = ("hydra", "ckpt_path", "hparams_search", "debug", "paths")
 
 
 def _key(override: Any) -> str:
     return override.key_or_group
-
-
-def checkpoint_groups(args: list[str]) -> list[str]:
-    """``["data=<option>", "task=<option>", "decoder=<option>"]``: the training run's choices of
-    ``GROUPS_FROM_CHECKPOINT`` that ``args`` (an eval command line) do not select, read from the
-    checkpoint named by its ``ckpt_path=`` (memory-mapped, weights not read); ``[]`` when there is none
-    or it cannot be read (``evaluate`` then reports why)."""
-    paths = [a.split("=", 1)[1] for a in args if a.startswith("ckpt_path=")]
-    if not paths or not Path(paths[-1]).expanduser().is_file():
-        return []
-    try:
-        import torch
-
-        saved = torch.load(Path(paths[-1]).expanduser(), map_location="cpu", weights_only=True, mmap=True)
-        choices = saved[CONFIG_KEY].get("choices") or {}
-    except Exception:  # an unreadable file: evaluate() raises the error that names it
-        return []
-    selected = {a.split("=", 1)[0].lstrip("+~") for a in args if "=" in a}
-    return [f"{g}={choices[g]}" for g in GROUPS_FROM_CHECKPOINT if choices.get(g) and g not in selected]
 
 
 def apply_eval_model_keys(eval_cfg: DictConfig, user: list[str]) -> None:

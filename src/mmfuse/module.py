@@ -10,11 +10,10 @@ import lightning as L
 import torch
 
 from mmfuse.errors import MMFuseError
+from mmfuse.eval_groups import CONFIG_KEY
 from mmfuse.frozen_weights import FROZEN_KEY, leave_out, put_back
 from mmfuse.model import FusionModel
 from mmfuse.tasks.base import Task
-
-CONFIG_KEY = "mmfuse_config"
 
 
 class MMFuseModule(L.LightningModule):

@@ -11,7 +11,7 @@ import torch
 from mmfuse.decoders.base import GenerationOptions
 from mmfuse.decoders.baselines import MostFrequentDecoder, NearestDecoder, consensus, sentence_bleu
 from mmfuse.fusion.baselines import ImageOnly, TextOnly
-from mmfuse.tasks.captioning import token_loss
+from mmfuse.tasks.generative import token_loss
 from mmfuse.types import EncoderOutput
 
 OPTIONS = GenerationOptions(max_length=20)

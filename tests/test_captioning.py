@@ -21,7 +21,7 @@ from mmfuse.evaluate import evaluate
 from mmfuse.fusion.cross import CrossAttentionFusion
 from mmfuse.fusion.late import LateFusion
 from mmfuse.fusion.pooled import MulFusion
-from mmfuse.tasks.captioning import token_loss, trim
+from mmfuse.tasks.generative import token_loss, trim
 from mmfuse.train import train
 from mmfuse.types import EncoderOutput
 

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from mmfuse.data.atomic import _replace_from_temp, atomic_write_json
+from mmfuse.data.atomic import atomic_write_json, atomic_write_with
 from mmfuse.errors import MMFuseError
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ def save_checkpoint_file(checkpoint: dict[str, Any], path: str | Path) -> None:
         checksum_path(path).unlink(missing_ok=True)  # until the new one is written, none (not a wrong one)
 
     try:
-        _replace_from_temp(path, write)
+        atomic_write_with(path, write)
     except OSError as e:
         raise _disk_full(e, path, f"needs about {tensor_bytes(checkpoint) / 2**20:.0f} MB; the earlier "
                                   f"{path.name}, if any, is unchanged") from None

@@ -45,7 +45,9 @@ def new_file_mode() -> int:
     return 0o666 & ~(_UMASK_AT_IMPORT if umask is None else umask)
 
 
-def _replace_from_temp(path: Path, write: Any) -> None:
+def atomic_write_with(path: Path, write: Any) -> None:
+    """``write(f)`` into a temporary file beside ``path`` (the mode a new file gets), synced, then renamed
+    onto ``path``: a reader sees the old file or the whole new one; on failure nothing is left behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -64,12 +66,12 @@ def _replace_from_temp(path: Path, write: Any) -> None:
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     import torch
 
-    _replace_from_temp(Path(path), lambda f: torch.save(obj, f))
+    atomic_write_with(Path(path), lambda f: torch.save(obj, f))
 
 
 def atomic_write_json(obj: Any, path: str | Path) -> None:
     data = (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode()
-    _replace_from_temp(Path(path), lambda f: f.write(data))
+    atomic_write_with(Path(path), lambda f: f.write(data))
 
 
 def load_plain(path: Path, field: str = "data.cache_dir") -> Any:

@@ -24,13 +24,10 @@ from torch import nn
 
 from mmfuse.decoders.base import Decoder, GenerationOptions
 from mmfuse.decoders.hf_tokenizer import (
-    HFCaptionTokenizer,
     clean_generated,
     generate_kwargs,
     keep_frozen_eval,
-    load_config,
-    load_pretrained,
-    load_tokenizer,
+    load_lm,
 )
 from mmfuse.errors import MMFuseError
 
@@ -55,31 +52,21 @@ class HFCrossDecoder(Decoder):
         max_length: int = 32,
     ) -> None:
         super().__init__()
-        from transformers import AutoModelForCausalLM
-
         self.memory_dim, self.name_or_path = int(memory_dim), name_or_path
         self.freeze, self.max_length = bool(freeze), int(max_length)
-        self.tokenizer = HFCaptionTokenizer(load_tokenizer(name_or_path, tokenizer))
         overrides = {**(config or {}), "is_decoder": True, "add_cross_attention": True}
-        self.new_weights: list[str] = []
+        self.tokenizer, self.lm, info = load_lm(name_or_path, tokenizer, pretrained, overrides,
+                                                output_loading_info=True)
+        self.new_weights: list[str] = sorted(info.get("missing_keys", []))
         if pretrained:
-            self.lm, info = load_pretrained(AutoModelForCausalLM, name_or_path, output_loading_info=True,
-                                            **overrides)
-            self.new_weights = sorted(info.get("missing_keys", []))
             log.info("decoder=hf_cross %s: newly initialised weights (%d): %s; checkpoint weights unused: %s",
                      name_or_path, len(self.new_weights), ", ".join(self.new_weights),
                      ", ".join(sorted(info.get("unexpected_keys", []))) or "none")
-        else:
-            cfg = load_config(name_or_path, {**self.tokenizer.special_ids(), **overrides})
-            self.lm = AutoModelForCausalLM.from_config(cfg)
         cross = [n for n, _ in self.lm.named_modules() if is_cross(n)]
         if not cross:
             raise MMFuseError(f"decoder.name_or_path={name_or_path!r}: {type(self.lm).__name__} has no "
                               "cross-attention in transformers (add_cross_attention ignored). Fix: a BERT / "
                               "RoBERTa / GPT-2 family model, or decoder=prefix_lm for any causal LM")
-        if self.tokenizer.vocab_size > self.lm.get_output_embeddings().weight.shape[0]:
-            raise MMFuseError(f"decoder.tokenizer: {self.tokenizer.vocab_size} tokens but the LM has "
-                              f"{self.lm.get_output_embeddings().weight.shape[0]}; use the LM's own tokenizer")
         width = int(self.lm.config.hidden_size)
         self.proj = nn.Identity() if width == self.memory_dim else nn.Linear(self.memory_dim, width)
         if self.freeze:

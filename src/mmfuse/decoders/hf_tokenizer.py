@@ -64,6 +64,30 @@ def load_tokenizer(name_or_path: str, tokenizer: str | None, what: str = "decode
                           f"tokenizer files or a cached hub id ({exc})") from exc
 
 
+def load_lm(name_or_path: str, tokenizer: str | None, pretrained: bool, overrides: dict,
+            output_loading_info: bool = False) -> tuple[HFCaptionTokenizer, Any, dict]:
+    """``(tokenizer, causal LM, loading info)`` of a Hugging Face decoder: the LM pretrained from
+    ``name_or_path`` with the config ``overrides``, or (``pretrained=false``) randomly initialised from
+    ``load_config`` with the tokenizer's vocabulary size and special ids; one line when the tokenizer has
+    more ids than the LM's embeddings. ``info``: ``missing_keys`` / ``unexpected_keys`` when asked."""
+    from transformers import AutoModelForCausalLM
+
+    tok = HFCaptionTokenizer(load_tokenizer(name_or_path, tokenizer))
+    info: dict = {}
+    if pretrained:
+        lm = load_pretrained(AutoModelForCausalLM, name_or_path, output_loading_info=output_loading_info,
+                             **overrides)
+        if output_loading_info:
+            lm, info = lm
+    else:
+        lm = AutoModelForCausalLM.from_config(load_config(name_or_path, {**tok.special_ids(), **overrides}))
+    n_vocab = lm.get_input_embeddings().weight.shape[0]
+    if tok.vocab_size > n_vocab:
+        raise MMFuseError(f"decoder.tokenizer: {tok.vocab_size} tokens but the LM has {n_vocab}; use the LM's own "
+                          "tokenizer (decoder.tokenizer=null)")
+    return tok, lm, info
+
+
 class HFCaptionTokenizer:
     """``CaptionTokenizer`` over ``tokenizer`` (an ``AutoTokenizer`` instance)."""
 

@@ -22,13 +22,10 @@ from torch import nn
 
 from mmfuse.decoders.base import Decoder, GenerationOptions
 from mmfuse.decoders.hf_tokenizer import (
-    HFCaptionTokenizer,
     clean_generated,
     generate_kwargs,
     keep_frozen_eval,
-    load_config,
-    load_pretrained,
-    load_tokenizer,
+    load_lm,
 )
 from mmfuse.decoders.mappers import build_mapper
 from mmfuse.errors import MMFuseError
@@ -63,23 +60,12 @@ class PrefixLMDecoder(Decoder):
         max_length: int = 32,
     ) -> None:
         super().__init__()
-        from transformers import AutoModelForCausalLM
-
         self.memory_dim, self.name_or_path = int(memory_dim), name_or_path
         self.freeze, self.trainable_last, self.max_length = bool(freeze), int(trainable_last), int(max_length)
         if self.trainable_last and not self.freeze:
             raise MMFuseError(f"decoder.trainable_last={trainable_last} needs decoder.freeze=true (without it "
                               "the whole LM trains); set decoder.freeze=true or decoder.trainable_last=0")
-        self.tokenizer = HFCaptionTokenizer(load_tokenizer(name_or_path, tokenizer))
-        if pretrained:
-            self.lm = load_pretrained(AutoModelForCausalLM, name_or_path, **(config or {}))
-        else:
-            cfg = load_config(name_or_path, {**self.tokenizer.special_ids(), **(config or {})})
-            self.lm = AutoModelForCausalLM.from_config(cfg)
-        n_vocab = self.lm.get_input_embeddings().weight.shape[0]
-        if self.tokenizer.vocab_size > n_vocab:
-            raise MMFuseError(f"decoder.tokenizer: {self.tokenizer.vocab_size} tokens but the LM has {n_vocab}; "
-                              "use the LM's own tokenizer (decoder.tokenizer=null)")
+        self.tokenizer, self.lm, _ = load_lm(name_or_path, tokenizer, pretrained, dict(config or {}))
         hidden = int(self.lm.config.get_text_config().hidden_size)
         self.mapper = build_mapper(mapper, self.memory_dim, hidden, prefix_length, mapper_layers, mapper_heads)
         self.trainable_blocks: list[nn.Module] = []

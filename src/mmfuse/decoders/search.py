@@ -39,12 +39,14 @@ def banned_ngram_tokens(prefix: list[int], n: int) -> list[int]:
     return [prefix[i + n - 1] for i in range(len(prefix) - n + 1) if tuple(prefix[i:i + n - 1]) == tail]
 
 
-def _constrain(logp: torch.Tensor, prefixes: list[list[int]], generated: int, eos: int,
+def _constrain(logp: torch.Tensor, prefixes: Callable[[], list[list[int]]], generated: int, eos: int,
                options: GenerationOptions) -> torch.Tensor:
+    """``logp`` with eos forbidden before ``min_length`` and the repeating tokens forbidden;
+    ``prefixes()`` (the rows' token lists) is only called when n-grams are blocked."""
     if generated < options.min_length:
         logp[:, eos] = -float("inf")
     if options.no_repeat_ngram_size > 0:
-        for row, prefix in enumerate(prefixes):
+        for row, prefix in enumerate(prefixes()):
             banned = banned_ngram_tokens(prefix, options.no_repeat_ngram_size)
             if banned:
                 logp[row, banned] = -float("inf")
@@ -60,7 +62,7 @@ def greedy_search(step: Step, batch_size: int, bos: int, eos: int, options: Gene
     live = list(range(batch_size))
     for t in range(options.max_length):
         logp = step(ids, rows).float().clone()
-        logp = _constrain(logp, ids.tolist(), t, eos, options)
+        logp = _constrain(logp, ids.tolist, t, eos, options)
         nxt = logp.argmax(-1)
         keep = []
         for j, token in enumerate(nxt.tolist()):
@@ -90,14 +92,14 @@ def beam_search(step: Step, batch_size: int, bos: int, eos: int, options: Genera
         ids = torch.tensor([p for p, _, _ in beams], dtype=torch.long, device=device)
         rows = torch.tensor([b for _, _, b in beams], dtype=torch.long, device=device)
         logp = step(ids, rows).float().clone()
-        logp = _constrain(logp, [p for p, _, _ in beams], t, eos, options)
+        logp = _constrain(logp, lambda beams=beams: [p for p, _, _ in beams], t, eos, options)
         total = logp + torch.tensor([s for _, s, _ in beams], device=device)[:, None]
         vocab = total.shape[1]
         new_beams: list[tuple[list[int], float, int]] = []
-        for b in range(batch_size):
-            mine = [i for i, (_, _, s) in enumerate(beams) if s == b]
-            if not mine:
-                continue
+        of_sample: dict[int, list[int]] = {}
+        for i, (_, _, b) in enumerate(beams):
+            of_sample.setdefault(b, []).append(i)
+        for b, mine in of_sample.items():
             scores = total[mine].flatten()
             best = torch.topk(scores, min(2 * k, int(torch.isfinite(scores).sum())))
             kept = []

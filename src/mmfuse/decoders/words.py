@@ -9,12 +9,11 @@ tokens, ``[UNK]`` included, are left out of it).
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable
 
 import torch
 
-from mmfuse.encoders.word_tokenizer import split_words
+from mmfuse.encoders.word_tokenizer import split_words, words_by_frequency
 from mmfuse.errors import MMFuseError
 
 SPECIALS = ("[PAD]", "[UNK]", "[BOS]", "[EOS]")
@@ -40,9 +39,7 @@ class WordCaptionTokenizer:
         return self.max_vocab
 
     def fit(self, texts: Iterable[str]) -> None:
-        counts = Counter(w for t in texts for w in split_words(t))
-        words = sorted(counts, key=lambda w: (-counts[w], w))[: self.max_vocab - len(SPECIALS)]
-        self.set_vocab([*SPECIALS, *words])
+        self.set_vocab([*SPECIALS, *words_by_frequency(texts, self.max_vocab - len(SPECIALS))])
 
     def set_vocab(self, vocab: list[str]) -> None:
         if len(vocab) > self.max_vocab or tuple(vocab[: len(SPECIALS)]) != SPECIALS:

@@ -21,6 +21,12 @@ def split_words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
+def words_by_frequency(texts: Iterable[str], limit: int) -> list[str]:
+    """The words of ``texts`` in order of decreasing frequency (ties alphabetical), at most ``limit``."""
+    counts = Counter(w for t in texts for w in split_words(t))
+    return sorted(counts, key=lambda w: (-counts[w], w))[:limit]
+
+
 class WordTokenizer:
     """Maps captions to ``input_ids`` / ``attention_mask`` like a Hugging Face tokenizer call."""
 
@@ -35,9 +41,7 @@ class WordTokenizer:
         return bool(self.vocab)
 
     def fit(self, texts: Iterable[str]) -> None:
-        counts = Counter(w for t in texts for w in split_words(t))
-        words = sorted(counts, key=lambda w: (-counts[w], w))[: self.max_vocab - len(SPECIALS)]
-        self.set_vocab(list(SPECIALS) + words)
+        self.set_vocab([*SPECIALS, *words_by_frequency(texts, self.max_vocab - len(SPECIALS))])
 
     def set_vocab(self, vocab: list[str]) -> None:
         if len(vocab) > self.max_vocab:

@@ -18,8 +18,6 @@ does nothing.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +25,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from mmfuse.data.atomic import atomic_write_with
 
 IMAGE_TOP = 0.03  # share of the cell's height above the image
 IMAGE_HEIGHT = 0.55  # share of the cell's height the image box takes
@@ -101,17 +101,7 @@ def caption_grid(images: Sequence[torch.Tensor], generated: Sequence[str], refer
             if ref_text:
                 offset = (lines[0].count("\n") + 1.4) * FONT_SIZE * 1.25 / 72 / (rows * cell_h)
                 fig.text(x, y - offset, ref_text, fontsize=FONT_SIZE, color="0.3", va="top", ha="left")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                fig.savefig(f, format="png", dpi=dpi, facecolor="white")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_with(path, lambda f: fig.savefig(f, format="png", dpi=dpi, facecolor="white"))
     finally:
         plt.close(fig)
     return path

@@ -31,9 +31,7 @@ from mmfuse.datamodule import CaptioningTargets
 from mmfuse.decoders.base import Decoder
 from mmfuse.errors import MMFuseError
 from mmfuse.tasks.caption_metrics import caption_scores, generation_sanity, ptb_tokenize
-from mmfuse.tasks.generative import GenerativeTask, gather_objects, token_loss, trim
-
-__all__ = ["CaptioningTask", "gather_objects", "token_loss", "trim"]
+from mmfuse.tasks.generative import GenerativeTask
 
 log = logging.getLogger(__name__)
 

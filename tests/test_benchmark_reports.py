@@ -185,3 +185,21 @@ def test_captioning_experiment_config_composes_and_validates(make_cfg):
     assert cfg.decoder._target_ == "mmfuse.decoders.transformer.TransformerDecoder"
     assert dict(cfg.hydra.sweeper.params) == {"fusion": "mul,cross_attention,qformer,single_stream", "seed": "1,2"}
     assert cfg.test is False
+
+
+def test_per_relation_classes_the_relation_errors():
+    spec = importlib.util.spec_from_file_location("per_relation", ROOT / "experiments" / "shapes_captioning" / "per_relation.py")
+    per_relation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(per_relation)
+    from mmfuse.data.shapes.scene import Obj, Scene
+
+    # a red circle left of a blue square (same height)
+    scene = Scene((Obj("red", "circle", 5.0, 10.0, 3.0), Obj("blue", "square", 25.0, 10.0, 3.0)))
+    captions = {0: "a red circle to the left of a blue square",     # right
+                1: "a blue square to the left of a red circle",      # mirrored
+                2: "a red circle above a blue square",               # other axis
+                3: "a green circle to the left of a blue square",    # an object not in the scene: left out
+                4: "a red circle to the left of a blue",             # not grammatical: left out
+                5: "a red circle to the right of a blue square"}     # mirrored
+    shares = per_relation.relation_classes([scene] * 6, captions)
+    assert shares == {"objects": 4 / 6, "right": 1 / 4, "mirrored": 2 / 4, "other axis": 1 / 4}

@@ -138,3 +138,25 @@ def test_options_are_checked():
         GenerationOptions(max_length=3, min_length=5)
     with pytest.raises(MMFuseError, match="no_repeat_ngram_size"):
         GenerationOptions(no_repeat_ngram_size=-1)
+
+
+def test_a_sample_is_not_done_while_a_live_beam_can_still_win():
+    """Two hypotheses finish at log 0.6 = -0.511 and log(0.4 * 0.6) / 2 = -0.714; the live beams' sum is
+    log 0.08 = -2.526 after 2 tokens. Their best possible score with length_penalty 1 is -2.526 / max_length
+    = -0.253, so the search goes on and finds the long caption (-2.526 / 10); a bound at the next length,
+    -2.526 / 3 = -0.842 <= -0.714, would stop and return the empty one."""
+    table = {(): {EOS: 0.6, 2: 0.4}, (2,): {EOS: 0.6, 3: 0.2, 4: 0.2}, (2, 4): {EOS: 1.0}}
+    for n in range(1, 9):
+        table[(2,) + (3,) * n] = {3: 1.0}  # never ends: cut at max_length
+    out = beam_search(table_step(table), 1, BOS, EOS, GenerationOptions(num_beams=2, max_length=10), CPU)
+    assert out == [[2] + [3] * 9]
+
+
+def test_an_early_eos_does_not_take_a_live_beams_place():
+    """2K candidates per step: eos (0.35) ranks second at the first step, yet both non-eos tokens stay
+    live, and the one ranked third (0.25) leads to the best caption (-1.386 / 10)."""
+    table = {(): {2: 0.4, EOS: 0.35, 3: 0.25}, (2,): {EOS: 1.0}}
+    for n in range(0, 9):
+        table[(3,) + (4,) * n] = {4: 1.0}
+    out = beam_search(table_step(table), 1, BOS, EOS, GenerationOptions(num_beams=2, max_length=10), CPU)
+    assert out == [[3] + [4] * 9]

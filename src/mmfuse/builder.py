@@ -103,8 +103,8 @@ def build_model(cfg: DictConfig) -> tuple[FusionModel, Task]:
     dims = {m: enc.out_dim for m, enc in encoders.items()}
     fusion = build_fusion(cfg, dims)
     extra = {"modalities": tuple(dims)} if _accepts(cfg.task, "modalities") else {}
-    if is_generative(cfg.task):
-        extra["decoder"] = build_decoder(cfg, fusion)
+    if is_generative(cfg.task):  # under the task's decoder_keyword (task=dialog's own `decoder` key is a mode)
+        extra[getattr(_locate(cfg.task._target_), "decoder_keyword", "decoder")] = build_decoder(cfg, fusion)
     # image_dim: the width of the modality ITM / retrieval match against the text (image, video or audio)
     task = instantiate(cfg.task, in_dim=fusion.out_dim, fusion_stage=fusion.stage,
                        image_dim=dims.get("image", dims.get("video", dims.get("audio"))), text_dim=dims.get("text"),

@@ -1,0 +1,219 @@
+"""``task=dialog``: the rounds' texts per history mode, the batches' candidates, the discriminative and
+generative scores against their formulas, the metrics per round type, a tiny run, and the errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra.errors import InstantiationException
+from omegaconf import open_dict
+
+from mmfuse.builder import build_datamodule, build_module, is_generative
+from mmfuse.data.dialog import DialogDataModule, DialogInputs, DialogSplit, history_text, round_texts
+from mmfuse.data.pairs import TensorImages
+from mmfuse.decoders.transformer import TransformerDecoder
+from mmfuse.decoders.words import WordCaptionTokenizer
+from mmfuse.encoders.word_tokenizer import WordTokenizer
+from mmfuse.errors import MMFuseError
+from mmfuse.tasks.dialog import DialogTask
+from mmfuse.tasks.dialog_scorers import GenerativeScorer
+
+ANSWERS = ["red", "blue", "yes", "no", "it is red"]
+
+
+def toy_split(dialogs: int = 3, seed: int = 0, hidden: bool = False) -> DialogSplit:
+    """``dialogs`` dialogs of 2 rounds over ``ANSWERS``; 4 candidates a round; round 2 is 'history'."""
+    rng = np.random.default_rng(seed)
+    questions = [[f"what colour is object {d}", "what about it"] for d in range(dialogs)]
+    answers_of = [[ANSWERS[d % 2], ANSWERS[2 + d % 2]] for d in range(dialogs)]
+    dialog, rnd, options, gt, relevance, kind = [], [], [], [], [], []
+    for d in range(dialogs):
+        for r in range(2):
+            true = ANSWERS.index(answers_of[d][r])
+            others = [a for a in range(len(ANSWERS)) if a != true]
+            opts = [true, *rng.choice(others, size=3, replace=False).tolist()]
+            rng.shuffle(opts)
+            dialog.append(d)
+            rnd.append(r)
+            options.append(opts)
+            gt.append(-1 if hidden and r == 1 else opts.index(true))
+            relevance.append([float(o == true) for o in opts] if r == 0 else [float("nan")] * 4)
+            kind.append(r)
+    images = TensorImages(torch.randint(0, 255, (dialogs, 3, 16, 16), generator=torch.Generator().manual_seed(seed),
+                                        dtype=torch.uint8))
+    return DialogSplit(images=images, image_keys=[f"scene {d}" for d in range(dialogs)],
+                       captions=[f"caption {d}" for d in range(dialogs)], questions=questions, round_answers=answers_of,
+                       dialog=np.array(dialog), round=np.array(rnd), options=np.array(options, dtype=np.int32),
+                       gt_index=np.array(gt), answers=list(ANSWERS), relevance=np.array(relevance, dtype=np.float32),
+                       kind=np.array(kind), kind_names=("image", "history"))
+
+
+class ToyDialogs(DialogDataModule):
+    dataset_name = "toy_dialogs"
+
+    def __init__(self, dialogs: int = 3, image_size: int = 16, **loader) -> None:
+        super().__init__(**loader)
+        self.image_size = image_size
+        self.count = int(dialogs)
+
+    def read_dialogs(self, name):
+        return toy_split(self.count, seed={"train": 0, "val": 0, "test": 1}[name], hidden=name == "test")
+
+
+def test_round_texts_follow_the_history_mode():
+    split = toy_split()
+    assert round_texts(split, DialogInputs("none"))[0][:2] == ["what colour is object 0", "what about it"]
+    texts, history = round_texts(split, DialogInputs("concat"))
+    assert history is None
+    assert texts[:2] == ["what colour is object 0 ; caption 0",
+                         "what about it ; what colour is object 0 red ; caption 0"]
+    assert round_texts(split, DialogInputs("concat", rounds=1))[0][1] == "what about it ; what colour is object 0 red"
+    assert round_texts(split, DialogInputs("concat", rounds=0))[0][1] == "what about it"
+    questions, history = round_texts(split, DialogInputs("late"))
+    assert questions[1] == "what about it" and history[1] == "what colour is object 0 red ; caption 0"
+    with pytest.raises(MMFuseError, match="task.history='all'"):
+        DialogInputs("all")
+    with pytest.raises(MMFuseError, match="task.history_rounds=-1"):
+        DialogInputs("concat", rounds=-1)
+
+
+def _toy_module(history: str = "concat", decoder=None, dialogs: int = 3) -> ToyDialogs:
+    dm = ToyDialogs(dialogs, batch_size=4, eval_batch_size=6)
+    tok = WordTokenizer(max_vocab=64, max_length=24)
+    dm.attach(image=lambda x: x.float() / 255, text=tok)
+    dm.dialog = DialogInputs(history, decoder=decoder, max_length=6 if decoder is not None else 0)
+    dm.setup("fit")
+    return dm
+
+
+def test_batches_carry_each_rounds_candidates():
+    dm = _toy_module("late", decoder=WordCaptionTokenizer(max_vocab=16))
+    split, ds = dm.dialogs("val"), dm.splits["val"]
+    batch = ds[torch.arange(len(ds))]
+    tok = dm.tokenizer
+    words = [" ".join(tok.vocab[i] for i in row if i > 2) for row in batch["option_ids"].tolist()]
+    for n in range(len(ds)):
+        assert [words[u] for u in batch["options"][n].tolist()] == [ANSWERS[o] for o in split.options[n]]
+    assert batch["gt_index"].tolist() == split.gt_index.tolist() and batch["round"].tolist() == [1, 2] * 3
+    assert batch["kind"].tolist() == [0, 1] * 3 and batch["round_index"].tolist() == list(range(6))
+    assert torch.isnan(batch["relevance"][1]).all() and batch["relevance"][0].tolist() == split.relevance[0].tolist()
+    dec = dm.dialog.decoder  # fitted on the train answers, every true answer is its caption target
+    targets = [dec.decode(r.tolist()) for r in batch["caption_ids"]]
+    assert targets == [ANSWERS[o[g]] for o, g in zip(split.options, split.gt_index, strict=True)]
+    assert [dec.decode(r.tolist()) for r in batch["option_tokens"]] == sorted(set(ANSWERS), key=ANSWERS.index)
+    history = [" ".join(tok.vocab[i] for i in row if i > 2) for row in batch["history_ids"].tolist()]
+    assert history[1] == "what colour is object 0 red caption 0"
+    test = dm.splits["test"][torch.arange(6)]  # round 2 hidden: nothing to train on, and no gt position
+    assert test["gt_index"].tolist()[1::2] == [-1] * 3 and not test["caption_mask"][1::2].any()
+    assert test["caption_mask"][0::2].any(1).all()
+
+
+def test_history_is_most_recent_first_then_the_caption():
+    split = toy_split(1)
+    split.questions[0] += ["and the third"]
+    split.round_answers[0] += ["no"]
+    assert history_text(split, 0, 2, None) == "what about it yes ; what colour is object 0 red ; caption 0"
+    assert history_text(split, 0, 2, 2) == "what about it yes ; what colour is object 0 red"
+    assert history_text(split, 0, 0, None) == "caption 0"
+
+
+def _cfg(make_cfg, *extra, subdir="run"):
+    cfg = make_cfg("task=dialog", "encoder.image=tiny_cnn", "encoder.text=tiny_text", *extra, subdir=subdir)
+    with open_dict(cfg):
+        cfg.data = {"_target_": "test_dialog_task.ToyDialogs", "dialogs": 3, "batch_size": 4, "eval_batch_size": 6,
+                    "image_size": 16}
+    return cfg
+
+
+def test_discriminative_scores_are_scaled_dot_products(make_cfg):
+    torch.manual_seed(0)
+    cfg = _cfg(make_cfg, "fusion=mul", "task.embed_dim=8")
+    module = build_module(cfg)
+    assert not is_generative(cfg.task) and module.task.mode == "discriminative"
+    dm = build_datamodule(cfg, module)
+    dm.setup("fit")
+    batch = dm.splits["val"][torch.arange(6)]
+    loss, out = module.task.step(module.model, batch)
+    scorer, model = module.task.scorer, module.model
+    query = scorer.head(model(batch))
+    answers = scorer.answer(model.encode("text", {"input_ids": batch["option_ids"],
+                                                  "attention_mask": batch["option_mask"]}).pooled)
+    expected = torch.stack([(answers[batch["options"][n]] @ query[n]) / math.sqrt(8) for n in range(6)])
+    assert torch.allclose(out["scores"], expected, atol=1e-6)
+    assert float(loss.detach()) == pytest.approx(float(F.cross_entropy(expected, batch["gt_index"]).detach()), abs=1e-6)
+
+
+def test_generative_scores_are_candidate_log_likelihoods():
+    torch.manual_seed(0)
+    decoder = TransformerDecoder(memory_dim=6, width=16, layers=1, heads=2, ff_mult=2, max_length=6, dropout=0.0,
+                                 max_vocab=16)
+    tok = decoder.tokenizer
+    tok.fit(ANSWERS)
+    decoder.eval()
+    scorer = GenerativeScorer(decoder, memory_width=6)
+    ids, mask = tok.encode(ANSWERS, 6)
+    memory, memory_mask = torch.randn(2, 3, 6), torch.tensor([[True, True, False], [True, True, True]])
+    options = torch.tensor([[0, 4, 2], [1, 3, 0]])
+    batch = {"options": options, "option_tokens": ids, "option_token_mask": mask}
+    with torch.no_grad():
+        scores = scorer.likelihoods(memory, memory_mask, batch)
+        for b in range(2):
+            for k in range(3):
+                o = int(options[b, k])
+                length = int(mask[o].sum())
+                one = ids[o:o + 1, :length]
+                logp = decoder(memory[b:b + 1], memory_mask[b:b + 1], one, mask[o:o + 1, :length]).log_softmax(-1)
+                want = sum(float(logp[0, t, one[0, t + 1]]) for t in range(length - 1))
+                assert float(scores[b, k]) == pytest.approx(want, abs=1e-5)
+    # "it is red" has 3 words + eos: its likelihood sums 4 terms, so it is lower than any 1-word answer's here
+    assert scores.shape == (2, 3)
+
+
+def test_metrics_per_round_type_and_hidden_answers():
+    task = DialogTask(in_dim=4, fusion_stage="mid", text_dim=4, embed_dim=4)
+    task.kind_names = ("image", "history")
+    s = torch.tensor
+    rounds = {
+        0: (s([3.0, 1.0, 2.0, 0.0]), 0, s([1.0, 0.0, 0.5, 0.0]), 0),   # gt rank 1; ndcg 1
+        1: (s([3.0, 1.0, 2.0, 0.0]), 2, s([float("nan")] * 4), 1),      # gt rank 2
+        2: (s([0.0, 1.0, 2.0, 3.0]), 0, s([float("nan")] * 4), 1),      # gt rank 4
+        3: (s([0.0, 1.0, 2.0, 3.0]), -1, s([float("nan")] * 4), 0),     # hidden: left out
+    }
+    out = task.score(rounds)
+    assert out["r1"] == pytest.approx(1 / 3) and out["mean_rank"] == pytest.approx(7 / 3)
+    assert out["mrr"] == pytest.approx((1 + 1 / 2 + 1 / 4) / 3) and out["ndcg"] == pytest.approx(1.0)
+    assert out["r1_image"] == 1.0 and out["mrr_history"] == pytest.approx(3 / 8) and out["r1_history"] == 0.0
+    assert "ndcg_history" not in out and "rounds" not in out
+    assert task.score({3: rounds[3]}) == {}
+
+
+def test_tiny_runs_train_and_log_the_visdial_metrics(make_cfg):
+    from mmfuse.train import train
+
+    for extra in (("task.history=late",),
+                  ("task.decoder=generative", "decoder=transformer", "task.history=late", "fusion=cross_attention")):
+        cfg = _cfg(make_cfg, "debug=fast", "trainer.max_epochs=1", "test=true", *extra,
+                   subdir="run_" + str(len(extra)))
+        result = train(cfg)
+        metrics = result["metrics"]
+        for m in ("val/r1", "val/r5", "val/r10", "val/mean_rank", "val/mrr", "val/ndcg", "val/r1_history",
+                  "val/ndcg_image", "test/mrr", "val/loss"):
+            assert m in metrics, (extra, sorted(metrics))
+        assert 1.0 <= metrics["val/mean_rank"] <= 4.0 and metrics["val/r5"] == 1.0  # 4 candidates: always in the top 5
+
+
+def test_errors_name_the_fix(make_cfg):
+    with pytest.raises(MMFuseError, match="needs a decoder: set decoder=transformer"):
+        build_module(_cfg(make_cfg, "task.decoder=generative"))
+    with pytest.raises(MMFuseError, match="task.decoder='beam'"):
+        build_module(_cfg(make_cfg, "task.decoder=beam"))
+    cfg = make_cfg("task=dialog", subdir="shapes")
+    module = build_module(cfg)
+    with pytest.raises(MMFuseError, match="task=dialog needs dialog data"):
+        build_datamodule(cfg, module)
+    with pytest.raises(InstantiationException, match="configure encoder.text"):
+        build_module(_cfg(make_cfg, "encoder.text=none", "fusion=image_only", subdir="notext"))

@@ -29,7 +29,7 @@ colours and shapes are distinct, so without the history its answer is ambiguous 
 from image + question alone, the best guess is right with probability 1/2 (two objects) or 1/3.
 
 After round 1, a round is a history round with probability ``HISTORY_SHARE`` when one may follow
-(about 47% of all rounds), else an image round of a uniform type. The ground-truth phrasing is fixed
+(48.5% of all rounds in the default train split), else an image round of a uniform type. The ground-truth phrasing is fixed
 by the question type (above); the vocabulary (``ANSWERS``) also holds paraphrases of every value
 (``red``, ``it is red``, ``a red one`` ...), all with relevance 1.0 for a round whose true value they
 state. Candidates: the ground truth plus ``K - 1`` distinct other vocabulary strings (uniform), the

@@ -14,6 +14,12 @@ error, never scored against its targets. So the metric does not follow the train
 ``data.soft_score=min3`` (``min(n / 3, 1)``, which gives 1.0 where the official accuracy gives 0.9 for
 3 of 10 humans) ``vqa_acc`` stays the official one. Also ``loss``.
 
+Per question type: when the datamodule has ``question_types()`` (``data=shapes_vqa``; ``attach_data``)
+and the batches carry ``question_type`` (its index), ``vqa_acc_<type>`` is the same mean over that
+type's questions (a ``MeanMetric`` per type, weighted by membership, so it is reduced across processes
+like ``vqa_acc``; NaN for a type without questions in the split). Data without question types (VQA v2)
+logs ``vqa_acc`` and ``loss`` only.
+
 ``task.answer``: ``classify`` (the above) or ``generate``: ``VQATask(...)`` then builds a
 ``mmfuse.tasks.vqa_generate.GenerativeVQATask`` (a decoder writes the answer, scored with the same
 official accuracy), and ``uses_decoder`` tells the builder to pass it the ``decoder``.
@@ -84,6 +90,18 @@ class VQATask(Task):
         self.head = build_task_head(head, in_dim, self.num_answers, fusion_stage, hidden_dim, dropout, modalities)
         self.metrics = nn.ModuleDict({s: MetricCollection({"vqa_acc": MeanMetric(), "loss": MeanMetric()},
                                                           compute_groups=False) for s in STAGES})
+        self.question_types: tuple[str, ...] = ()
+        self.type_metrics = nn.ModuleDict()
+
+    def attach_data(self, datamodule: Any) -> None:
+        """The data's question types, when it has them: one ``vqa_acc_<type>`` metric per type and stage."""
+        types = getattr(datamodule, "question_types", None)
+        if types is None or tuple(types()) == self.question_types:
+            return
+        self.question_types = tuple(types())
+        device = self.metrics[STAGES[0]]["vqa_acc"].device
+        self.type_metrics = nn.ModuleDict({s: MetricCollection({f"vqa_acc_{t}": MeanMetric() for t in self.question_types},
+                                                               compute_groups=False) for s in STAGES}).to(device)
 
     def step(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if "answer_ids" not in batch:
@@ -101,9 +119,18 @@ class VQATask(Task):
     def update(self, stage: str, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> None:
         self.metrics[stage]["vqa_acc"].update(outputs["acc"])
         self.metrics[stage]["loss"].update(outputs["loss"])
+        if self.question_types and "question_type" in batch:
+            question_type = batch["question_type"]
+            for i, name in enumerate(self.question_types):
+                self.type_metrics[stage][f"vqa_acc_{name}"].update(outputs["acc"], (question_type == i).float())
 
     def compute(self, stage: str) -> dict[str, torch.Tensor]:
-        return {f"{stage}/{k}": v for k, v in self.metrics[stage].compute().items()}
+        out = {f"{stage}/{k}": v for k, v in self.metrics[stage].compute().items()}
+        if self.question_types:
+            out.update({f"{stage}/{k}": v for k, v in self.type_metrics[stage].compute().items()})
+        return out
 
     def reset(self, stage: str) -> None:
         self.metrics[stage].reset()
+        if self.question_types:
+            self.type_metrics[stage].reset()

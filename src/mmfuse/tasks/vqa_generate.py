@@ -18,7 +18,10 @@ generated answer equal to the classifier's answer scores the same (``answer_scor
 - ``exact_vocab`` = share of questions whose generated answer's prediction form is in the data's answer
   vocabulary (``data.num_answers`` most frequent train forms: the classifier's classes);
 - ``distinct`` = distinct prediction forms generated / questions;
-- ``loss``: the teacher-forced loss, averaged over answer tokens.
+- ``loss``: the teacher-forced loss, averaged over answer tokens;
+- ``vqa_acc_<type>``: ``vqa_acc`` over the questions of each type, when the data has
+  ``question_types()`` and ``question_type_ids(split)`` (the type index of each question index,
+  ``data=shapes_vqa``); a type without generated answers in the split is left out.
 
 With more than one process the generated answers of every rank are gathered before scoring.
 """
@@ -64,6 +67,8 @@ class GenerativeVQATask(GenerativeTask):
                          needs="set decoder=transformer | hf_cross | prefix_lm (or task.answer=classify)")
         self.human_answers: dict[str, list[list[str]]] = {}
         self.vocabulary: list[str] = []
+        self.question_types: tuple[str, ...] = ()
+        self.question_type_ids: dict[str, list[int]] = {}
 
     def configure_data(self, datamodule: Any) -> None:
         """Before ``setup``: the data adds the answers' decoder tokens to every pair (``mmfuse.data.vqa``)."""
@@ -75,13 +80,24 @@ class GenerativeVQATask(GenerativeTask):
         datamodule.answer_generation = AnswerTargets(self.decoder.tokenizer, int(self.decoder.max_length))
 
     def attach_data(self, datamodule: Any) -> None:
-        """The raw human answers per split and question, and the answer vocabulary."""
+        """The raw human answers per split and question, the answer vocabulary, and the question types
+        (when the data has them)."""
         self.human_answers = datamodule.human_answers_of
         self.vocabulary = list(datamodule.vocabulary())
+        if hasattr(datamodule, "question_types") and hasattr(datamodule, "question_type_ids"):
+            self.question_types = tuple(datamodule.question_types())
+            self.question_type_ids = {s: list(datamodule.question_type_ids(s)) for s in datamodule.human_answers_of}
 
     def score(self, stage: str, generated: dict[int, str]) -> dict[str, float]:
         human = self.human_answers.get(stage)
         if human is None:
             raise MMFuseError(f"task.answer=generate: no human answers for the {stage} split (attach_data was not "
                               "called)")
-        return answer_scores(generated, human, self.vocabulary)
+        scores = answer_scores(generated, human, self.vocabulary)
+        types = self.question_type_ids.get(stage)
+        if self.question_types and types is not None:
+            for i, name in enumerate(self.question_types):
+                subset = {q: a for q, a in generated.items() if types[q] == i}
+                if subset:
+                    scores[f"vqa_acc_{name}"] = answer_scores(subset, human, self.vocabulary)["vqa_acc"]
+        return scores

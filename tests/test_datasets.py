@@ -419,6 +419,10 @@ def fixture_for(option: str, tmp_path: Path) -> list[str]:
         from test_media_datasets import msrvtt_folder
 
         return [f"data.root={msrvtt_folder(tmp_path)}", "task=retrieval", "encoder.video.frames=2"]
+    if option == "visdial":
+        from test_visdial_data import visdial_folder
+
+        return [f"data.root={visdial_folder(tmp_path)}", "task=dialog"]
     raise AssertionError(f"add a fixture for the new data option {option}")
 
 

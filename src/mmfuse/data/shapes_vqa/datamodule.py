@@ -95,6 +95,11 @@ def prior_accuracy(train: list[Question], questions: list[Question]) -> dict[str
     return {t: sum(h) / len(h) for t in (*QUESTION_TYPES, "overall") if (h := hits.get(t))}
 
 
+def raw_pixels(images: torch.Tensor) -> torch.Tensor:
+    """The transform without an image encoder (``encoder.image=none``): the batches' pixels go unread."""
+    return images
+
+
 class ShapesVQADataModule(MMFuseDataModule):
     def __init__(self, num_train: int = 20000, num_val: int = 2000, num_test: int = 2000, image_size: int = 32,
                  seed: int = 0, cache_dir: str | None = None, num_answers: int = len(VOCABULARY),
@@ -165,7 +170,7 @@ class ShapesVQADataModule(MMFuseDataModule):
             fields.update(self.answer_fields(name, questions))
         return PairDataset(images=TensorImages(images), text=self.tokenizer(distinct) if self.tokenizer else None,
                            texts=distinct, image_index=torch.arange(n), text_index=text_index, fields=fields,
-                           transform=self.image_transform)
+                           transform=self.image_transform or raw_pixels)
 
     def answer_fields(self, name: str, questions: list[Question]) -> dict[str, torch.Tensor]:
         targets = self.answer_generation

@@ -94,17 +94,25 @@ def test_text_encoder_options_instantiate(make_cfg, tmp_path, option):
         assert enc.out_dim == 768 and len(enc.blocks()) == 12
 
 
+TASK_OF_DATA = {"shapes_vqa": ("task=vqa",), "shapes_dialog": ("task=dialog",),  # data that needs its own task
+                "shapes_av": ("task=classification",)}
+
+
 # options that read a dataset from disk (``root: ???``) are built from fixtures in tests/test_datasets.py
 @pytest.mark.parametrize("option", [o for o in options("data") if "root: ???" not in (CONF_DIR / "data" / f"{o}.yaml").read_text()])
 def test_data_options_instantiate(make_cfg, option):
-    cfg = make_cfg(f"data={option}", *FAST)
+    task = TASK_OF_DATA.get(option, ())
+    cfg = make_cfg(f"data={option}", *FAST, *task)
     module = build_module(cfg)
     dm = build_datamodule(cfg, module)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     item = dm.modalities[0]  # image, or video for the clip data
     assert batch[item].dtype == torch.float32 and batch["input_ids"].dtype == torch.long
-    assert len(batch["label" if "label" in batch else "target"]) == cfg.data.batch_size
+    target = next(k for k in ("label", "target", "answer_ids", "gt_index") if k in batch)
+    assert len(batch[target]) == cfg.data.batch_size
+    loss, _ = module.task.step(module.model, batch)
+    assert torch.isfinite(loss)
 
 
 @pytest.mark.parametrize("option", options("task"))
@@ -113,7 +121,7 @@ def test_task_options_instantiate(make_cfg, option):
     extra = {}
     if is_generative(cfg.task):  # captioning: the decoder its config selects, over a 32-d memory
         extra["decoder"] = instantiate(cfg.decoder, memory_dim=32)
-    task = instantiate(cfg.task, in_dim=32, fusion_stage="mid", **extra)
+    task = instantiate(cfg.task, in_dim=32, fusion_stage="mid", image_dim=32, text_dim=32, **extra)
     assert task.monitor.startswith("val/")
 
 

@@ -203,3 +203,37 @@ def test_per_relation_classes_the_relation_errors():
                 5: "a red circle to the right of a blue square"}     # mirrored
     shares = per_relation.relation_classes([scene] * 6, captions)
     assert shares == {"objects": 4 / 6, "right": 1 / 4, "mirrored": 2 / 4, "other axis": 1 / 4}
+
+
+def test_dialog_table_rows_are_fusion_by_history_with_per_kind_columns(tmp_path):
+    report = load("shapes_dialog")
+
+    def metrics(r1, history_r1):
+        out = {"val/r1": (r1 + history_r1) / 2, "val/mrr": 0.7, "val/ndcg": 0.4}
+        out.update({"val/r1_image": r1, "val/mrr_image": 0.8, "val/ndcg_image": 0.5,
+                    "val/r1_history": history_r1, "val/mrr_history": 0.6, "val/ndcg_history": 0.3})
+        return out
+
+    sweep = tmp_path / "sweep"
+    runs = [("mul", 1, "none", 0.6, 0.3), ("mul", 2, "none", 0.8, 0.4), ("mul", 1, "concat", 0.6, 0.9),
+            ("cross_attention", 1, "late", 0.9, 0.5)]
+    for i, (fusion, seed, history, r1, h) in enumerate(runs):
+        write_run(sweep / str(i), fusion, seed, metrics(r1, h), overrides=[f"task.history={history}"])
+    assert report.main([str(sweep), "--out", str(tmp_path / "out")]) == 0
+    table = (tmp_path / "out" / "table.md").read_text()
+    rows = table.splitlines()[2:5]  # fusions in order, then history none, concat, late
+    assert [r.split(" | ")[:3] for r in rows] == [["| `mul`", "`none`", "`discriminative`"],
+                                                  ["| `mul`", "`concat`", "`discriminative`"],
+                                                  ["| `cross_attention`", "`late`", "`discriminative`"]]
+    none = line(table, "| `mul` | `none` |")
+    assert none.startswith("| `mul` | `none` | `discriminative` | 2 | 1,2 | 0.525 ± 0.106 | 0.700 ± 0.000 |")  # 0.45, 0.60
+    assert "| 0.700 ± 0.141 | 0.800 ± 0.000 | 0.500 ± 0.000 | 0.350 ± 0.071 | 0.600 ± 0.000 | 0.300 ± 0.000 |" in none
+
+
+def test_dialog_experiment_config_composes_and_validates(make_cfg):
+    cfg = make_cfg("experiment=shapes_dialog")
+    validate_train_config(cfg)
+    assert cfg.task._target_ == "mmfuse.tasks.dialog.DialogTask" and cfg.data._target_.split(".")[2] == "shapes_dialog"
+    assert dict(cfg.hydra.sweeper.params) == {"fusion": "mul,cross_attention", "task.history": "none,concat,late",
+                                              "seed": "1,2,3"}
+    assert cfg.test is False

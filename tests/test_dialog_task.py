@@ -233,3 +233,38 @@ def test_eval_reproduces_a_shapes_dialog_checkpoints_metrics(make_cfg):
     evaluated = evaluate(make_cfg(f"ckpt_path={ckpt}", subdir="eval", config_name="eval"))["metrics"]
     val = {k: v for k, v in trained.items() if k.startswith("val/")}
     assert {k: v for k, v in evaluated.items() if k.startswith("val/")} == pytest.approx(val, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_removing_the_history_loses_on_the_history_rounds_only(make_cfg):
+    """The no-history control (``task.history=none``) against ``concat`` on shapes_dialog, same budget
+    and seed: it must lose on the rounds that say "it" and not on those that name their object."""
+    from mmfuse.train import train
+
+    metrics = {}
+    for history in ("none", "concat"):
+        cfg = make_cfg("data=shapes_dialog", "task=dialog", f"task.history={history}", "data.num_train=1000",
+                       "data.num_val=200", "data.num_test=0", "trainer.max_epochs=4", "callbacks.progress_bar=null",
+                       "seed=1", subdir=history)
+        metrics[history] = train(cfg)["metrics"]
+    none, concat = metrics["none"], metrics["concat"]
+    print({h: {k: round(v, 3) for k, v in m.items() if "r1" in k or "mrr" in k} for h, m in metrics.items()})
+    assert concat["val/mrr_history"] - none["val/mrr_history"] > 0.05
+    assert abs(concat["val/mrr_image"] - none["val/mrr_image"]) < 0.03
+
+
+def test_texts_cut_by_the_tokenizer_are_counted(caplog):
+    dm = ToyDialogs(3, batch_size=4)
+    dm.attach(image=lambda x: x.float() / 255, text=WordTokenizer(max_vocab=64, max_length=8))
+    dm.dialog = DialogInputs("concat")
+    with caplog.at_level("WARNING"):
+        dm.setup("fit")
+    # [CLS] + "what colour is object d caption d" = 8 tokens (cut exactly at the limit: counted), and
+    # round 2's "what about it what colour is object d red caption d" = 12 (cut): 3 + 3 of 6 distinct texts
+    assert dm.describe()["val"]["texts_at_max_length"] == 6
+    assert "6 of 6 distinct texts fill the text encoder's max_length=8" in caplog.text
+    dm = ToyDialogs(3, batch_size=4)
+    dm.attach(image=lambda x: x.float() / 255, text=WordTokenizer(max_vocab=64, max_length=24))
+    dm.dialog = DialogInputs("concat")
+    dm.setup("fit")
+    assert dm.describe()["val"]["texts_at_max_length"] == 0

@@ -29,6 +29,7 @@ hidden) and ``option_tokens`` / ``option_token_mask`` (the decoder tokens of the
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +41,8 @@ from mmfuse.data.pairs import PairDataset, unique_texts
 from mmfuse.data.validation import BadRecords
 from mmfuse.datamodule import MMFuseDataModule
 from mmfuse.errors import MMFuseError
+
+log = logging.getLogger(__name__)
 
 HISTORY_MODES = ("none", "concat", "late")
 SEPARATOR = " ; "
@@ -154,10 +157,12 @@ class DialogDataModule(MMFuseDataModule):
 
     dataset_name = "dialog"
 
-    def __init__(self, **loader: Any) -> None:
+    def __init__(self, text_max_length: int | None = None, **loader: Any) -> None:
         super().__init__(**loader)
+        self.text_max_length = text_max_length  # what the text encoder configs read (long histories)
         self.dialog: DialogInputs | None = None  # set by task=dialog before setup
         self._dialogs: dict[str, DialogSplit | None] = {}
+        self._at_limit: dict[str, dict[str, int]] = {}
 
     def read_dialogs(self, name: str) -> DialogSplit | None:
         raise NotImplementedError
@@ -221,9 +226,13 @@ class DialogDataModule(MMFuseDataModule):
         if history is not None:
             distinct_history, history_index = unique_texts(history)
             history_text_rows = self.tokenizer(distinct_history)
+        text = self.tokenizer(distinct) if self.tokenizer is not None else None
+        self._count_cut(name, "texts", text)
+        if history_text_rows is not None:
+            self._count_cut(name, "histories", history_text_rows)
         return DialogDataset(
             images=self.image_store(name, split),
-            text=self.tokenizer(distinct) if self.tokenizer is not None else None,
+            text=text,
             texts=distinct,
             image_index=torch.from_numpy(np.asarray(split.dialog, dtype=np.int64)),
             text_index=text_index,
@@ -234,6 +243,20 @@ class DialogDataModule(MMFuseDataModule):
             history=history_text_rows,
             history_index=history_index,
         )
+
+    def _count_cut(self, name: str, what: str, tokens: dict[str, torch.Tensor] | None) -> None:
+        """Count (and warn about) the distinct texts that fill the tokenizer's ``max_length``: truncated,
+        most likely, so the oldest history is lost (raise ``data.text_max_length``)."""
+        limit = getattr(self.tokenizer, "max_length", None)
+        if tokens is None or not isinstance(limit, int):
+            return
+        cut = int((tokens["attention_mask"].sum(1) >= limit).sum())
+        self._at_limit.setdefault(name, {})[f"{what}_at_max_length"] = cut
+        if cut:
+            log.warning("data=%s, %s split: %d of %d distinct %s fill the text encoder's max_length=%d and are "
+                        "probably cut (the oldest history goes first); raise data.text_max_length or set "
+                        "task.history_rounds", self.dataset_name, name, cut, len(tokens["attention_mask"]), what,
+                        limit)
 
     @staticmethod
     def _answer_targets(split: DialogSplit, option_tokens: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -260,6 +283,7 @@ class DialogDataModule(MMFuseDataModule):
                      **split.stats}
             if split.kind is not None and split.kind_names:
                 stats["kinds"] = {k: int((split.kind == i).sum()) for i, k in enumerate(split.kind_names)}
+            stats.update(self._at_limit.get(name, {}))
             if split.bad is not None and len(split.bad):
                 stats["skipped"] = split.bad.summary()
             out[name] = stats

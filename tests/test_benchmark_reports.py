@@ -237,3 +237,34 @@ def test_dialog_experiment_config_composes_and_validates(make_cfg):
     assert dict(cfg.hydra.sweeper.params) == {"fusion": "mul,cross_attention", "task.history": "none,concat,late",
                                               "seed": "1,2,3"}
     assert cfg.test is False
+
+
+def test_vqa_table_rows_are_fusion_by_answer_mode_with_the_question_prior(tmp_path):
+    report = load("shapes_vqa")
+    prior = {"attribute": 0.22, "relation": 0.36, "count": 0.28, "compare": 0.47, "overall": 0.33}
+    sweep = tmp_path / "sweep"
+    runs = [("mul", 1, "classify", 0.7), ("mul", 2, "classify", 0.8), ("text_only", 1, "classify", 0.33),
+            ("mul", 1, "generate", 0.75)]
+    for i, (fusion, seed, answer, acc) in enumerate(runs):
+        metrics = {"val/vqa_acc": acc, **{f"val/vqa_acc_{t}": acc - 0.1 * k for k, t in
+                                          enumerate(("attribute", "relation", "count", "compare"))}}
+        write_run(sweep / str(i), fusion, seed, metrics, overrides=[f"task.answer={answer}"])
+        record = json.loads((sweep / str(i) / "results.json").read_text())
+        record["data"] = {"val": {"question_prior": prior}}
+        (sweep / str(i) / "results.json").write_text(json.dumps(record))
+    assert report.main([str(sweep), "--out", str(tmp_path / "out")]) == 0
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert [r.split(" | ")[:2] for r in table.splitlines()[2:5]] == [
+        ["| `text_only`", "`classify`"], ["| `mul`", "`classify`"], ["| `mul`", "`generate`"]]
+    mul = line(table, "| `mul` | `classify` |")
+    assert mul.startswith("| `mul` | `classify` | 2 | 1,2 | 0.750 ± 0.071 | 0.750 ± 0.071 | 0.650 ± 0.071 |")
+    assert "| 0.330 ± 0.000 | 0.220 ± 0.000 | 0.360 ± 0.000 | 0.280 ± 0.000 | 0.470 ± 0.000 |" in mul
+
+
+def test_vqa_experiment_config_composes_and_validates(make_cfg):
+    cfg = make_cfg("experiment=shapes_vqa")
+    validate_train_config(cfg)
+    assert cfg.task._target_ == "mmfuse.tasks.vqa.VQATask" and cfg.task.num_answers == 16
+    assert dict(cfg.hydra.sweeper.params) == {"fusion": "text_only,mul,concat,film,cross_attention,single_stream",
+                                              "seed": "1,2,3"}
+    assert cfg.test is False

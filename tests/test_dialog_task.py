@@ -170,8 +170,17 @@ def test_generative_scores_are_candidate_log_likelihoods():
                 logp = decoder(memory[b:b + 1], memory_mask[b:b + 1], one, mask[o:o + 1, :length]).log_softmax(-1)
                 want = sum(float(logp[0, t, one[0, t + 1]]) for t in range(length - 1))
                 assert float(scores[b, k]) == pytest.approx(want, abs=1e-5)
-    # "it is red" has 3 words + eos: its likelihood sums 4 terms, so it is lower than any 1-word answer's here
     assert scores.shape == (2, 3)
+    import mmfuse.tasks.dialog_scorers as scorers  # one candidate per pass: the same numbers
+
+    budget = scorers.SCORE_BUDGET
+    try:
+        scorers.SCORE_BUDGET = 1
+        with torch.no_grad():
+            assert torch.allclose(scorer.likelihoods(memory, memory_mask, batch), scores, atol=1e-6)
+    finally:
+        scorers.SCORE_BUDGET = budget
+    assert scorers.chunk_size(10, 100, 24) == 2**27 // 1024
 
 
 def test_metrics_per_round_type_and_hidden_answers():

@@ -172,6 +172,17 @@ def test_malformed_records(root: Path, path: tuple, value, record: str, reason: 
     assert split.image_keys == ["image id 42", "image id 1001"] and split.stats["skipped_dialogs"] == 1
 
 
+def test_a_malformed_first_round_does_not_set_the_number_of_options(root: Path) -> None:
+    dialogs = [dialog(d, i) for d, i in enumerate(IDS)]
+    dialogs[0]["dialog"][0]["answer_options"] = [0, 1, 2]  # the file's first round: 3 options, the rest 4
+    write(root, "val", dialogs)
+    with pytest.raises(MMFuseError, match=r"1 bad record\(s\)[^\n]*:\n  image id 42 round 1 \(dialogs\[0\]\): "
+                                          "3 answer_options, the split's rounds have 4"):
+        module(root).dialogs("val")
+    split = module(root, on_bad_sample="skip").dialogs("val")
+    assert split.image_keys == ["image id 7", "image id 1001"] and split.options.shape == (20, 4)
+
+
 def test_test_split_evaluates_the_last_round(tmp_path: Path) -> None:
     for i in (3, 4):
         image(tmp_path / "VisualDialog_test2018" / f"VisualDialog_test2018_{i:012d}.jpg")
@@ -265,7 +276,7 @@ class CharTokenizer:
 
 
 def decode(ids: torch.Tensor, mask: torch.Tensor) -> str:
-    return "".join(chr(int(c)) for c in ids[mask])
+    return "".join(chr(int(c)) for c in ids[mask.bool()])
 
 
 def test_dialog_dataset_batch(root: Path) -> None:

@@ -116,6 +116,14 @@ def round_texts(split: DialogSplit, inputs: DialogInputs) -> tuple[list[str], li
     return [SEPARATOR.join([q, h]) if h else q for q, h in zip(questions, history, strict=True)], None
 
 
+def compact(tokens: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+    """Token ids as int32 and the mask as bool (a quarter of int64 ids and mask: VisDial's 1.2M training
+    rounds with their histories); batches get them back as int64."""
+    if tokens is None:
+        return None
+    return {"input_ids": tokens["input_ids"].to(torch.int32), "attention_mask": tokens["attention_mask"].bool()}
+
+
 class DialogDataset(PairDataset):
     """The evaluated rounds of a split as pairs, with their candidates (module docstring)."""
 
@@ -129,15 +137,21 @@ class DialogDataset(PairDataset):
         self.history = history
         self.history_index = history_index
 
+    def _texts(self, idx: torch.Tensor) -> dict[str, Any]:
+        out = super()._texts(idx)  # ids and mask stored compact (``compact``); cached features as they are
+        return {k: v.long() if k in ("input_ids", "attention_mask") else v for k, v in out.items()}
+
     def __getitems__(self, indices: Sequence[int]) -> dict[str, Any]:
         batch = super().__getitems__(indices)
+        if "relevance" not in batch:  # a split without dense annotations
+            batch["relevance"] = torch.full(batch["options"].shape, float("nan"))
         options = batch.pop("options").long()
         distinct, remapped = torch.unique(options, return_inverse=True)
         batch["options"] = remapped
         if self.option_text is not None:
             ids, mask = self.option_text["input_ids"][distinct], self.option_text["attention_mask"][distinct]
             length = max(int(mask.sum(1).max()), 1)
-            batch["option_ids"], batch["option_mask"] = ids[:, :length], mask[:, :length]
+            batch["option_ids"], batch["option_mask"] = ids[:, :length].long(), mask[:, :length].long()
         if self.option_tokens is not None:
             ids, mask = self.option_tokens[0][distinct], self.option_tokens[1][distinct]
             length = max(int(mask.sum(1).max()), 1)
@@ -146,7 +160,8 @@ class DialogDataset(PairDataset):
             rows = self.history_index[torch.as_tensor(indices, dtype=torch.long)]
             mask = self.history["attention_mask"][rows]
             length = max(int(mask.sum(1).max()), 1)
-            batch["history_ids"], batch["history_mask"] = self.history["input_ids"][rows, :length], mask[:, :length]
+            batch["history_ids"] = self.history["input_ids"][rows, :length].long()
+            batch["history_mask"] = mask[:, :length].long()
         return batch
 
 
@@ -201,14 +216,13 @@ class DialogDataModule(MMFuseDataModule):
         texts, history = round_texts(split, inputs)
         distinct, text_index = unique_texts(texts)
         n = len(split.dialog)
-        relevance = (torch.from_numpy(np.asarray(split.relevance, dtype=np.float32)) if split.relevance is not None
-                     else torch.full((n, split.options.shape[1]), float("nan")))
         fields = {
             "round_index": torch.arange(n),
             "round": torch.from_numpy(np.asarray(split.round, dtype=np.int64)) + 1,
             "options": torch.from_numpy(np.ascontiguousarray(split.options, dtype=np.int32)),
             "gt_index": torch.from_numpy(np.asarray(split.gt_index, dtype=np.int64)),
-            "relevance": relevance,
+            **({"relevance": torch.from_numpy(np.asarray(split.relevance, dtype=np.float32))}
+               if split.relevance is not None else {}),
             "kind": (torch.from_numpy(np.asarray(split.kind, dtype=np.int64)) if split.kind is not None
                      else torch.full((n,), -1, dtype=torch.long)),
         }
@@ -232,15 +246,15 @@ class DialogDataModule(MMFuseDataModule):
             self._count_cut(name, "histories", history_text_rows)
         return DialogDataset(
             images=self.image_store(name, split),
-            text=text,
+            text=compact(text),
             texts=distinct,
             image_index=torch.from_numpy(np.asarray(split.dialog, dtype=np.int64)),
             text_index=text_index,
             fields=fields,
             transform=self.image_transform,
-            option_text=self.tokenizer(list(split.answers)) if self.tokenizer is not None else None,
+            option_text=compact(self.tokenizer(list(split.answers))) if self.tokenizer is not None else None,
             option_tokens=option_tokens,
-            history=history_text_rows,
+            history=compact(history_text_rows),
             history_index=history_index,
         )
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,15 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def option_count(dialogs: list[Any]) -> int | None:
+    """The number of candidates a round of the split has: the most common length of ``answer_options``
+    (VisDial: 100), so that a malformed round is the one reported, whichever comes first."""
+    counts = Counter(len(rd["answer_options"]) for dg in dialogs if isinstance(dg, dict)
+                     and isinstance(dg.get("dialog"), list) for rd in dg["dialog"]
+                     if isinstance(rd, dict) and isinstance(rd.get("answer_options"), list) and rd["answer_options"])
+    return max(counts, key=lambda n: (counts[n], n)) if counts else None
 
 
 class VisDialDataModule(DialogDataModule):
@@ -214,7 +224,7 @@ class VisDialDataModule(DialogDataModule):
         read = dialogs[: int(limit)] if limit is not None else dialogs
         kept: list[dict[str, Any]] = []  # image_id, caption, questions, answers, rows [(round, options, gt)]
         first_at: dict[Any, int] = {}
-        k: int | None = None
+        k = option_count(read)
         for n, dg in enumerate(read):
             if (not isinstance(dg, dict) or any(key not in dg for key in ("image_id", "caption", "dialog"))
                     or not isinstance(dg["caption"], str) or not isinstance(dg["dialog"], list)):
@@ -241,7 +251,6 @@ class VisDialDataModule(DialogDataModule):
                 entry["questions"].append(question)
                 entry["answers"].append(answer)
                 if options is not None:
-                    k = len(options) if k is None else k
                     entry["rows"].append((r, options, gt))
             if not ok:
                 continue

@@ -134,7 +134,7 @@ def text_batches(text: dict[str, torch.Tensor], batch_size: int, device: torch.d
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
         length = max(int(lengths[rows].max()), 1)
-        yield rows.numpy(), {k: text[k][rows, :length].to(device, non_blocking=True)
+        yield rows.numpy(), {k: text[k][rows, :length].long().to(device, non_blocking=True)  # dialogs store int32 / bool
                              for k in ("input_ids", "attention_mask")}
 
 

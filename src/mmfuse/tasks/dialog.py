@@ -112,11 +112,11 @@ class DialogTask(Task):
         return loss, outputs
 
     def update(self, stage: str, outputs: dict[str, Any], batch: dict[str, Any]) -> None:
-        self.losses[stage].update(outputs["loss"])
+        self.losses[stage].update(outputs["loss"], weight=len(batch["gt_index"]))  # a mean over rounds
         scores, gt, relevance = outputs["scores"].cpu(), batch["gt_index"].cpu(), batch["relevance"].float().cpu()
         kinds = batch["kind"].cpu().tolist()
-        for i, row in enumerate(batch["round_index"].tolist()):
-            self._rounds[stage][int(row)] = (scores[i], int(gt[i]), relevance[i], int(kinds[i]))
+        for i, row in enumerate(batch["round_index"].tolist()):  # copies: a view would carry its whole batch
+            self._rounds[stage][int(row)] = (scores[i].clone(), int(gt[i]), relevance[i].clone(), int(kinds[i]))
 
     def epoch_end(self, stage: str, model: nn.Module) -> None:
         rounds = dict(gather_objects(sorted(self._rounds[stage].items(), key=lambda kv: kv[0])))

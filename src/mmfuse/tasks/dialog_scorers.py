@@ -32,7 +32,7 @@ from mmfuse.tasks.generative import token_loss, trim
 from mmfuse.tasks.heads import build_task_head
 from mmfuse.types import EncoderOutput
 
-SCORE_CHUNK = 8192  # candidate sequences per decoder pass when ranking by likelihood
+SCORE_BUDGET = 2**27  # floats per decoder pass when ranking by likelihood (0.5 GB of logits and memory)
 
 
 def encode_text(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> EncoderOutput:
@@ -107,18 +107,28 @@ class GenerativeScorer(nn.Module):
         return loss, (self.likelihoods(memory, memory_mask, batch) if rank else None)
 
     def likelihoods(self, memory: torch.Tensor, memory_mask: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
-        """``[B, K]``: the log-likelihood of each row's candidates (module docstring), in chunks of
-        ``SCORE_CHUNK`` sequences."""
+        """``[B, K]``: the log-likelihood of each row's candidates (module docstring), as
+        ``logit[target] - logsumexp(logits)`` per token, in passes of at most ``SCORE_BUDGET`` floats of
+        logits and repeated memory (``chunk_size``; the first pass, of 256, measures the logits' width)."""
         options = batch["options"]
         b, k = options.shape
         tokens, token_mask = batch["option_tokens"], batch["option_token_mask"].bool()
         flat = options.reshape(-1)
         rows = torch.arange(b, device=options.device).repeat_interleave(k)
         out = torch.empty(b * k, device=memory.device, dtype=torch.float32)
-        for start in range(0, b * k, SCORE_CHUNK):
-            part = slice(start, start + SCORE_CHUNK)
+        start, chunk = 0, 256  # the first pass shows the logits' width, which sizes the others
+        while start < b * k:
+            part = slice(start, start + chunk)
             ids, mask = tokens[flat[part]], token_mask[flat[part]]
-            logits = self.decoder(memory[rows[part]], memory_mask[rows[part]], ids, mask).float()
-            logp = logits[:, :-1].log_softmax(-1).gather(2, ids[:, 1:, None]).squeeze(2)
+            logits = self.decoder(memory[rows[part]], memory_mask[rows[part]], ids, mask)[:, :-1]
+            logp = logits.gather(2, ids[:, 1:, None]).squeeze(2).float() - logits.float().logsumexp(-1)
             out[part] = torch.where(mask[:, 1:], logp, 0.0).sum(1)  # padding may be a banned (-inf) token
+            start += chunk
+            chunk = chunk_size(tokens.shape[1], logits.shape[-1], memory.shape[1] * memory.shape[2])
         return out.view(b, k)
+
+
+def chunk_size(length: int, vocabulary: int, memory_floats: int) -> int:
+    """Candidate sequences per decoder pass: ``SCORE_BUDGET`` over the floats one costs (its logits,
+    ``length × vocabulary``, and its copy of the memory)."""
+    return max(1, SCORE_BUDGET // (length * vocabulary + memory_floats))

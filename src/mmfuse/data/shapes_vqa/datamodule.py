@@ -101,7 +101,7 @@ def raw_pixels(images: torch.Tensor) -> torch.Tensor:
 
 
 class ShapesVQADataModule(MMFuseDataModule):
-    def __init__(self, num_train: int = 20000, num_val: int = 2000, num_test: int = 2000, image_size: int = 32,
+    def __init__(self, num_train: int = 40000, num_val: int = 2000, num_test: int = 2000, image_size: int = 32,
                  seed: int = 0, cache_dir: str | None = None, num_answers: int = len(VOCABULARY),
                  **loader: Any) -> None:
         super().__init__(**loader)

@@ -265,6 +265,6 @@ def test_vqa_experiment_config_composes_and_validates(make_cfg):
     cfg = make_cfg("experiment=shapes_vqa")
     validate_train_config(cfg)
     assert cfg.task._target_ == "mmfuse.tasks.vqa.VQATask" and cfg.task.num_answers == 16
-    assert dict(cfg.hydra.sweeper.params) == {"fusion": "text_only,mul,concat,film,cross_attention,single_stream",
+    assert dict(cfg.hydra.sweeper.params) == {"fusion": "text_only,mul,concat,cross_attention",
                                               "seed": "1,2,3"}
     assert cfg.test is False

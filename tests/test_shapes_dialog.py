@@ -19,7 +19,7 @@ from mmfuse.data.dialog import DialogInputs, round_texts
 from mmfuse.data.shapes.scene import COLORS, SHAPES
 from mmfuse.data.shapes_dialog import datamodule as dm_module
 from mmfuse.data.shapes_dialog.datamodule import ShapesDialogDataModule, make_dialogs
-from mmfuse.data.shapes_dialog.rounds import ANSWERS, KIND_NAMES
+from mmfuse.data.shapes_dialog.rounds import ANSWERS, KIND_NAMES, RIVALS
 from mmfuse.encoders.word_tokenizer import WordTokenizer, split_words
 from mmfuse.errors import MMFuseError
 
@@ -241,18 +241,33 @@ def test_cache_round_trip(tmp_path, monkeypatch):
                                   cache_dir=str(tmp_path)).rendered("val").dialogs == first.dialogs
 
 
+def test_every_rival_phrasing_is_among_the_candidates():
+    """The answers of the ground truth's form are always candidates, so their presence tells nothing."""
+    split = ShapesDialogDataModule(num_train=40, num_val=0, num_test=0).dialogs("train")
+    for row, g in zip(split.options, split.gt_index, strict=True):
+        gt = int(row[g])
+        assert set(RIVALS[gt]) <= set(row.tolist()) and len(set(row.tolist())) == len(row)
+    it_is_red = ANSWERS.index("it is red")
+    assert sorted(ANSWERS[i] for i in RIVALS[it_is_red]) == [f"it is {c}" for c in sorted(COLORS) if c != "red"]
+    assert [ANSWERS[i] for i in RIVALS[ANSWERS.index("yes it is")]] == ["no it is not"]
+    assert len(RIVALS[ANSWERS.index("a red circle")]) == 23
+
+
 def test_round_texts_of_one_hand_checked_round():
     dm = ShapesDialogDataModule(num_train=3, num_val=0, num_test=0)
     split = dm.dialogs("train")
-    # scene 0: a green circle, a red cross, a blue square; round 1 names the blue square
+    # scene 0: a blue square and a yellow triangle; round 4 ("what colour is the triangle?") names the
+    # triangle, so round 5's "it" is the yellow triangle; round 9 names the square, round 10's "it"
     assert [(o.color, o.shape) for o in dm.rendered("train").scenes[0].objects] == [
-        ("green", "circle"), ("red", "cross"), ("blue", "square")]
+        ("blue", "square"), ("yellow", "triangle")]
     texts, history = round_texts(split, DialogInputs(history="concat", rounds=2))
     assert history is None
-    assert texts[2] == "is it a circle? ; is it blue? yes it is ; what shape is the blue object? a square"
-    assert split.round_answers[0][2] == "no it is not" and split.kind[2] == 1
-    assert texts[0] == "what shape is the blue object? ; a picture of some coloured shapes"
-    assert round_texts(split, DialogInputs(history="none"))[0][2] == "is it a circle?"
+    assert texts[4] == "is it yellow? ; what colour is the triangle? yellow ; is there a circle? no"
+    assert split.round_answers[0][4] == "yes it is" and split.kind[4] == 1
+    assert texts[9] == "what is it? ; what colour is the square? blue ; what colour is the triangle? yellow"
+    assert split.round_answers[0][9] == "a blue square" and split.kind[9] == 1
+    assert texts[0] == "what shape is the yellow object? ; a picture of some coloured shapes"
+    assert round_texts(split, DialogInputs(history="none"))[0][4] == "is it yellow?"
 
 
 def test_build_split_batches_map_options_to_answer_strings():

@@ -39,7 +39,7 @@ from mmfuse.data.shapes_dialog.rounds import (
 from mmfuse.data.shapes_dialog.scenes import DialogScene, sample_scene
 from mmfuse.errors import MMFuseError
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: every answer of the ground truth's form among the candidates
 CACHE_FORMAT = 1
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 

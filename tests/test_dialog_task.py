@@ -132,7 +132,7 @@ def _cfg(make_cfg, *extra, subdir="run"):
 
 def test_discriminative_scores_are_scaled_dot_products(make_cfg):
     torch.manual_seed(0)
-    cfg = _cfg(make_cfg, "fusion=mul", "task.embed_dim=8")
+    cfg = _cfg(make_cfg, "fusion=mul", "task.embed_dim=8", "task.history=concat")
     module = build_module(cfg)
     assert not is_generative(cfg.task) and module.task.mode == "discriminative"
     dm = build_datamodule(cfg, module)

@@ -26,7 +26,7 @@ HISTORY_ORDER = ("none", "concat", "late")
 
 
 def key(record: dict) -> tuple[str, str, str]:
-    return (record["choices"]["fusion"], sweep_table.override(record, "task.history", "concat"),
+    return (record["choices"]["fusion"], sweep_table.override(record, "task.history", "late"),
             sweep_table.override(record, "task.decoder", "discriminative"))
 
 

@@ -53,7 +53,7 @@ class DialogTask(Task):
     def uses_decoder(task_cfg: Any) -> bool:
         return decoder_mode(task_cfg.get("decoder", "discriminative")) == "generative"
 
-    def __init__(self, in_dim: int, fusion_stage: str, decoder: str = "discriminative", history: str = "concat",
+    def __init__(self, in_dim: int, fusion_stage: str, decoder: str = "discriminative", history: str = "late",
                  history_rounds: int | None = None, embed_dim: int = 256, head: str = "mlp", hidden_dim: int = 256,
                  dropout: float = 0.0, memory: str = "auto", label_smoothing: float = 0.0,
                  text_dim: int | None = None, modalities: Sequence[str] = ("image", "text"),

@@ -85,12 +85,12 @@ def _vocabulary() -> list[tuple[str, str, str]]:
     return out
 
 
-ANSWERS: tuple[str, ...] = tuple(t for t, _, _ in _vocabulary())
-VALUES: tuple[str, ...] = tuple(v for _, v, _ in _vocabulary())
-FORMS: tuple[str, ...] = tuple(f for _, _, f in _vocabulary())
+ANSWERS, VALUES, FORMS = (tuple(column) for column in zip(*_vocabulary(), strict=True))
 ANSWER_INDEX = {t: i for i, t in enumerate(ANSWERS)}
 RIVALS: tuple[tuple[int, ...], ...] = tuple(
     tuple(j for j, f in enumerate(FORMS) if f == FORMS[i] and j != i) for i in range(len(ANSWERS)))
+OTHERS: tuple[np.ndarray, ...] = tuple(  # per answer: the strings that are neither it nor a rival
+    np.setdiff1d(np.arange(len(ANSWERS)), [i, *RIVALS[i]]) for i in range(len(ANSWERS)))
 
 
 @dataclass(frozen=True)
@@ -184,16 +184,13 @@ def make_options(answers: list[str], num_options: int, rng: np.random.Generator)
     ``it is white``, ``yes it is`` brings ``no it is not``), then distinct other strings drawn uniformly,
     shuffled: which values are among the candidates never tells the answer. With fewer than
     ``1 + rivals`` candidates the rivals are drawn among."""
-    n, v = len(answers), len(ANSWERS)
-    options = np.empty((n, num_options), dtype=np.int32)
-    for r, answer in enumerate(answers):
-        gt = ANSWER_INDEX[answer]
+    gts = np.array([ANSWER_INDEX[a] for a in answers], dtype=np.int64)
+    options = np.empty((len(answers), num_options), dtype=np.int32)
+    for r, gt in enumerate(gts.tolist()):
         rivals = np.array(RIVALS[gt], dtype=np.int64)
-        rest = np.setdiff1d(np.arange(v), np.append(rivals, gt))
         if len(rivals) >= num_options - 1:
             picked = rng.permutation(rivals)[: num_options - 1]
         else:
-            picked = np.concatenate([rivals, rng.permutation(rest)[: num_options - 1 - len(rivals)]])
+            picked = np.concatenate([rivals, rng.permutation(OTHERS[gt])[: num_options - 1 - len(rivals)]])
         options[r] = rng.permutation(np.append(picked, gt))
-    position = np.argmax(options == np.array([ANSWER_INDEX[a] for a in answers])[:, None], axis=1)
-    return options, position.astype(np.int64)
+    return options, np.argmax(options == gts[:, None], axis=1).astype(np.int64)

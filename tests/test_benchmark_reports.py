@@ -244,7 +244,7 @@ def test_vqa_table_rows_are_fusion_by_answer_mode_with_the_question_prior(tmp_pa
     prior = {"attribute": 0.22, "relation": 0.36, "count": 0.28, "compare": 0.47, "overall": 0.33}
     sweep = tmp_path / "sweep"
     runs = [("mul", 1, "classify", 0.7), ("mul", 2, "classify", 0.8), ("text_only", 1, "classify", 0.33),
-            ("mul", 1, "generate", 0.75)]
+            ("mul", 1, "generate", 0.75), ("cross_attention", 1, "classify", 0.9)]
     for i, (fusion, seed, answer, acc) in enumerate(runs):
         metrics = {"val/vqa_acc": acc, **{f"val/vqa_acc_{t}": acc - 0.1 * k for k, t in
                                           enumerate(("attribute", "relation", "count", "compare"))}}
@@ -254,8 +254,9 @@ def test_vqa_table_rows_are_fusion_by_answer_mode_with_the_question_prior(tmp_pa
         (sweep / str(i) / "results.json").write_text(json.dumps(record))
     assert report.main([str(sweep), "--out", str(tmp_path / "out")]) == 0
     table = (tmp_path / "out" / "table.md").read_text()
-    assert [r.split(" | ")[:2] for r in table.splitlines()[2:5]] == [
-        ["| `text_only`", "`classify`"], ["| `mul`", "`classify`"], ["| `mul`", "`generate`"]]
+    assert [r.split(" | ")[:2] for r in table.splitlines()[2:6]] == [  # classified first, fusions in order
+        ["| `text_only`", "`classify`"], ["| `mul`", "`classify`"], ["| `cross_attention`", "`classify`"],
+        ["| `mul`", "`generate`"]]
     mul = line(table, "| `mul` | `classify` |")
     assert mul.startswith("| `mul` | `classify` | 2 | 1,2 | 0.750 ± 0.071 | 0.750 ± 0.071 | 0.650 ± 0.071 |")
     assert "| 0.330 ± 0.000 | 0.220 ± 0.000 | 0.360 ± 0.000 | 0.280 ± 0.000 | 0.470 ± 0.000 |" in mul

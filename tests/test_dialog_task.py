@@ -113,6 +113,22 @@ def test_batches_carry_each_rounds_candidates():
     assert test["caption_mask"][0::2].any(1).all()
 
 
+def test_a_split_without_dense_annotations_has_nan_relevance():
+    class NoDense(ToyDialogs):
+        def read_dialogs(self, name):
+            split = super().read_dialogs(name)
+            split.relevance = None
+            return split
+
+    dm = NoDense(3, batch_size=4)
+    dm.attach(image=lambda x: x.float() / 255, text=WordTokenizer(max_vocab=64, max_length=24))
+    dm.dialog = DialogInputs("none")
+    dm.setup("fit")
+    assert "relevance" not in dm.splits["val"].fields  # nothing stored
+    batch = dm.splits["val"][torch.arange(6)]
+    assert batch["relevance"].shape == (6, 4) and torch.isnan(batch["relevance"]).all()
+
+
 def test_history_is_most_recent_first_then_the_caption():
     split = toy_split(1)
     split.questions[0] += ["and the third"]
@@ -173,13 +189,13 @@ def test_generative_scores_are_candidate_log_likelihoods():
     assert scores.shape == (2, 3)
     import mmfuse.tasks.dialog_scorers as scorers  # one candidate per pass: the same numbers
 
-    budget = scorers.SCORE_BUDGET
+    budget, first = scorers.SCORE_BUDGET, scorers.FIRST_PASS
     try:
-        scorers.SCORE_BUDGET = 1
+        scorers.SCORE_BUDGET, scorers.FIRST_PASS = 1, 2
         with torch.no_grad():
             assert torch.allclose(scorer.likelihoods(memory, memory_mask, batch), scores, atol=1e-6)
     finally:
-        scorers.SCORE_BUDGET = budget
+        scorers.SCORE_BUDGET, scorers.FIRST_PASS = budget, first
     assert scorers.chunk_size(10, 100, 24) == 2**27 // 1024
 
 
@@ -199,6 +215,20 @@ def test_metrics_per_round_type_and_hidden_answers():
     assert out["r1_image"] == 1.0 and out["mrr_history"] == pytest.approx(3 / 8) and out["r1_history"] == 0.0
     assert "ndcg_history" not in out and "rounds" not in out
     assert task.score({3: rounds[3]}) == {}
+
+
+def test_update_keeps_each_round_apart_from_its_batch():
+    """Each round is kept as its own copy (a view would take its whole batch along when the rounds are
+    gathered across processes), and the loss is a mean over rounds, not over batches."""
+    task = DialogTask(in_dim=4, fusion_stage="mid", text_dim=4, embed_dim=4)
+    batch = {"gt_index": torch.tensor([0, 1, 2]), "relevance": torch.zeros(3, 5), "kind": torch.zeros(3, dtype=torch.long),
+             "round_index": torch.tensor([0, 1, 2])}
+    task.update("val", {"loss": torch.tensor(1.0), "scores": torch.randn(3, 5)}, batch)
+    task.update("val", {"loss": torch.tensor(4.0), "scores": torch.randn(1, 5)},
+                {k: v[:1] + (3 if k == "round_index" else 0) for k, v in batch.items()})
+    scores, _, relevance, _ = task._rounds["val"][1]
+    assert scores.untyped_storage().nbytes() == 5 * 4 and relevance.untyped_storage().nbytes() == 5 * 4
+    assert float(task.losses["val"].compute()) == pytest.approx((3 * 1.0 + 1 * 4.0) / 4)
 
 
 def test_tiny_runs_train_and_log_the_visdial_metrics(make_cfg):

@@ -32,6 +32,7 @@ from mmfuse.tasks.generative import token_loss, trim
 from mmfuse.tasks.heads import build_task_head
 from mmfuse.types import EncoderOutput
 
+FIRST_PASS = 256  # candidate sequences in the first pass
 SCORE_BUDGET = 2**27  # floats per decoder pass when ranking by likelihood (0.5 GB of logits and memory)
 
 
@@ -109,14 +110,14 @@ class GenerativeScorer(nn.Module):
     def likelihoods(self, memory: torch.Tensor, memory_mask: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
         """``[B, K]``: the log-likelihood of each row's candidates (module docstring), as
         ``logit[target] - logsumexp(logits)`` per token, in passes of at most ``SCORE_BUDGET`` floats of
-        logits and repeated memory (``chunk_size``; the first pass, of 256, measures the logits' width)."""
+        logits and repeated memory (``chunk_size``; the first pass, of ``FIRST_PASS``, measures the logits' width)."""
         options = batch["options"]
         b, k = options.shape
         tokens, token_mask = batch["option_tokens"], batch["option_token_mask"].bool()
         flat = options.reshape(-1)
         rows = torch.arange(b, device=options.device).repeat_interleave(k)
         out = torch.empty(b * k, device=memory.device, dtype=torch.float32)
-        start, chunk = 0, 256  # the first pass shows the logits' width, which sizes the others
+        start, chunk = 0, FIRST_PASS  # the first pass shows the logits' width, which sizes the others
         while start < b * k:
             part = slice(start, start + chunk)
             ids, mask = tokens[flat[part]], token_mask[flat[part]]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -157,32 +158,61 @@ def carry_data_settings(eval_cfg: DictConfig, saved: dict[str, Any], user: list[
         eval_cfg[section] = OmegaConf.create(carried_section(section, composed, saved_config[section], user))
 
 
+@dataclass
+class Rebuilt:
+    """A checkpoint's model rebuilt for evaluation: the eval config (model sections from the checkpoint,
+    data sections carried, see the module docstring), the checkpoint's payload (``saved``), the module with
+    its weights loaded, and the eval command's own overrides (``user``)."""
+
+    cfg: DictConfig
+    saved: dict[str, Any]
+    module: Any
+    user: list[str]
+
+    def datamodule(self) -> Any:
+        """A new datamodule for ``cfg`` (its preprocessing attached from the module's encoders)."""
+        return build_datamodule(self.cfg, self.module)
+
+
+def rebuild(cfg: DictConfig, typed: list[str]) -> Rebuilt:
+    """Load ``cfg.ckpt_path`` and rebuild its module under the eval config that ``typed`` (the eval
+    command's overrides) composes with the training run's; seeds with ``cfg.seed`` when set."""
+    ckpt = load_checkpoint(cfg.get("ckpt_path"), sources=source_overrides(task_overrides()))
+    saved = ckpt[CONFIG_KEY]
+    user = [o for o in typed if not o.startswith("ckpt_path=")]
+    eval_cfg = compose(config_name="eval", overrides=merge_overrides(saved.get("overrides", []), user)
+                       + [f"ckpt_path={cfg.ckpt_path}"] + searchpath_override(saved.get("searchpath", [])))
+    with open_dict(eval_cfg):
+        carry_data_settings(eval_cfg, saved, user)
+        for section in MODEL_SECTIONS:
+            if section in saved["config"]:
+                eval_cfg[section] = OmegaConf.create(saved["config"][section])
+        apply_eval_model_keys(eval_cfg, user)
+        for enc in configured_modalities(eval_cfg):  # the checkpoint has their weights
+            target = eval_cfg.encoder[enc]
+            (target.frame if enc == "video" else target)["load_weights"] = False
+    if cfg.get("seed") is not None:
+        L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    module = build_module(eval_cfg, saved)
+    module.load_state_dict(ckpt["state_dict"])
+    return Rebuilt(eval_cfg, saved, module, user)
+
+
+def typed_overrides() -> list[str]:
+    """The eval command's overrides as the user typed them (without the groups eval.py prepended)."""
+    prepended = set(os.environ.get(GROUPS_ENV, "").split("\n")) - {""}  # by eval.py, from the checkpoint
+    return [o for o in task_overrides() if o not in prepended]
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.paths.output_dir)
-    prepended = set(os.environ.get(GROUPS_ENV, "").split("\n")) - {""}  # by eval.py, from the checkpoint
-    typed = [o for o in task_overrides() if o not in prepended]
+    typed = typed_overrides()
     record = RunRecord(run_dir, kind="eval", ckpt_path=str(cfg.get("ckpt_path")), overrides=typed,
                        versions=versions())
     try:
-        ckpt = load_checkpoint(cfg.get("ckpt_path"), sources=source_overrides(task_overrides()))
-        saved = ckpt[CONFIG_KEY]
-        user = [o for o in typed if not o.startswith("ckpt_path=")]
-        eval_cfg = compose(config_name="eval", overrides=merge_overrides(saved.get("overrides", []), user)
-                           + [f"ckpt_path={cfg.ckpt_path}"] + searchpath_override(saved.get("searchpath", [])))
-        with open_dict(eval_cfg):
-            carry_data_settings(eval_cfg, saved, user)
-            for section in MODEL_SECTIONS:
-                if section in saved["config"]:
-                    eval_cfg[section] = OmegaConf.create(saved["config"][section])
-            apply_eval_model_keys(eval_cfg, user)
-            for enc in configured_modalities(eval_cfg):  # the checkpoint has their weights
-                target = eval_cfg.encoder[enc]
-                (target.frame if enc == "video" else target)["load_weights"] = False
-        if cfg.get("seed") is not None:
-            L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-        module = build_module(eval_cfg, saved)
-        module.load_state_dict(ckpt["state_dict"])
-        datamodule = build_datamodule(eval_cfg, module)
+        run = rebuild(cfg, typed)
+        eval_cfg, saved, module = run.cfg, run.saved, run.module
+        datamodule = run.datamodule()
         trainer = L.Trainer(accelerator=eval_cfg.trainer.accelerator, devices=1,
                             precision=eval_cfg.trainer.precision, logger=False, enable_checkpointing=False,
                             enable_model_summary=False, default_root_dir=str(run_dir))

@@ -213,18 +213,30 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         run = rebuild(cfg, typed)
         eval_cfg, saved, module = run.cfg, run.saved, run.module
         datamodule = run.datamodule()
-        trainer = L.Trainer(accelerator=eval_cfg.trainer.accelerator, devices=1,
-                            precision=eval_cfg.trainer.precision, logger=False, enable_checkpointing=False,
-                            enable_model_summary=False, default_root_dir=str(run_dir))
-        trainer.validate(module, datamodule=datamodule, verbose=False)
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        def make_trainer() -> L.Trainer:
+            return L.Trainer(accelerator=eval_cfg.trainer.accelerator, devices=1,
+                             precision=eval_cfg.trainer.precision, logger=False, enable_checkpointing=False,
+                             enable_model_summary=False, default_root_dir=str(run_dir))
+
+        def validate(dm: Any) -> dict[str, float]:
+            trainer = make_trainer()
+            trainer.validate(module, datamodule=dm, verbose=False)
+            return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+
+        metrics = validate(datamodule)
         if eval_cfg.get("test", True) and datamodule.has_split("test"):
+            trainer = make_trainer()
             trainer.test(module, datamodule=datamodule, verbose=False)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+        extra = {}
+        if eval_cfg.get("robustness") is not None:
+            from mmfuse.robustness.run import run_robustness
+
+            extra["robustness"] = run_robustness(run, eval_cfg.robustness, validate)
     except BaseException as e:
         record.finish(**failure_fields(e))
         raise
     results = record.finish("completed", metrics=dict(sorted(metrics.items())),
-                            trained_with=saved.get("overrides", []), data=datamodule.describe())
+                            trained_with=saved.get("overrides", []), data=datamodule.describe(), **extra)
     print_summary(results)
     return results

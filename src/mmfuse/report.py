@@ -27,6 +27,17 @@ def print_summary(results: dict[str, Any]) -> None:
     print(f"\n[mmfuse] {kind} {results['status']} in {results['wall_time_s']:.1f} s")
     if results.get("metrics"):
         print(format_metrics(results["metrics"]))
+    rob = results.get("robustness")
+    if rob:
+        metric = rob["metric"]
+        if "curve" in rob:
+            points = ", ".join(f"{lv:g}: {v:.4f}" for lv, v in zip(rob["levels"], rob["curve"][metric], strict=True))
+            print(f"[mmfuse] robustness {rob['name']} ({metric} by level): {points}; "
+                  f"relative robustness {rob['relative_robustness']:.4f}")
+        else:
+            kept = ", ".join(f"{k or 'none'}: {v:.4f}" for k, v in rob["subsets"].items())
+            phi = ", ".join(f"{m}: {v:+.4f}" for m, v in rob["shapley"].items())
+            print(f"[mmfuse] robustness {rob['name']} ({rob['mode']}; {metric} with kept modalities) {kept}; Shapley {phi}")
     print(f"[mmfuse] run directory: {results['run_dir']}")
     if results.get("checkpoint"):
         print(f"[mmfuse] checkpoint: {results['run_dir']}/{results['checkpoint']}")

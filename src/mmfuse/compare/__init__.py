@@ -45,6 +45,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs from the W&B API instead")
     p.add_argument("--group", help="with --wandb: only this group (a sweep's group is its directory)")
     p.add_argument("--no-plot", action="store_true", help="skip compare.png")
+    p.add_argument("--robustness", action="store_true",
+                   help="the robustness curves / modality removal of eval.py +robustness=<name> runs")
+    p.add_argument("--baseline", default="late",
+                   help="with --robustness: the fusion (or key=value group) effective robustness is measured against "
+                        "(default: late, as MultiBench)")
     return p.parse_args(argv)
 
 
@@ -85,9 +90,25 @@ def compare(runs: list[Run], metric: str | None = None, mode: str | None = None,
     return result
 
 
+def _robustness(args: argparse.Namespace) -> int:
+    from mmfuse.compare.robustness import robustness_report
+
+    if not args.dirs:
+        raise MMFuseError("--robustness reads eval results: give the directories of eval.py +robustness=<name> runs")
+    out = Path(args.out or args.dirs[0])
+    report = robustness_report(args.dirs, out, args.baseline if "=" in args.baseline else f"fusion={args.baseline}", not args.no_plot)
+    print("\n".join(report.markdown.values()), end="")
+    if report.skipped:
+        print(f"\n({report.skipped} eval results.json without a robustness section left out)")
+    print(f"\nwritten to {out}: " + ", ".join(sorted(p.name for p in out.glob("robustness_*"))))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        if args.robustness:
+            return _robustness(args)
         if args.wandb:
             runs = collect_wandb(args.wandb, args.group)
             out = Path(args.out) if args.out else None

@@ -174,13 +174,14 @@ class Rebuilt:
         return build_datamodule(self.cfg, self.module)
 
 
-def rebuild(cfg: DictConfig, typed: list[str]) -> Rebuilt:
+def rebuild(cfg: DictConfig, typed: list[str], config_name: str = "eval") -> Rebuilt:
     """Load ``cfg.ckpt_path`` and rebuild its module under the eval config that ``typed`` (the eval
-    command's overrides) composes with the training run's; seeds with ``cfg.seed`` when set."""
+    command's overrides) composes with the training run's (``config_name``: a config that extends ``eval``,
+    such as ``explain``); seeds with ``cfg.seed`` when set."""
     ckpt = load_checkpoint(cfg.get("ckpt_path"), sources=source_overrides(task_overrides()))
     saved = ckpt[CONFIG_KEY]
     user = [o for o in typed if not o.startswith("ckpt_path=")]
-    eval_cfg = compose(config_name="eval", overrides=merge_overrides(saved.get("overrides", []), user)
+    eval_cfg = compose(config_name=config_name, overrides=merge_overrides(saved.get("overrides", []), user)
                        + [f"ckpt_path={cfg.ckpt_path}"] + searchpath_override(saved.get("searchpath", [])))
     with open_dict(eval_cfg):
         carry_data_settings(eval_cfg, saved, user)

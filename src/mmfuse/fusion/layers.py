@@ -6,8 +6,10 @@ get no attention weight, so padding never changes the real positions' outputs.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -72,6 +74,24 @@ class SelfBlock(nn.Module):
         return x + self.ffn(self.norm2(x))
 
 
+# set by ``recording_attention``: where the cross-attention blocks append their weights
+_RECORDED: contextvars.ContextVar[list | None] = contextvars.ContextVar("_RECORDED", default=None)
+
+
+@contextlib.contextmanager
+def recording_attention() -> Iterator[list[tuple[nn.Module, torch.Tensor]]]:
+    """Within the block, every ``CrossBlock`` appends ``(block, weights [B, heads, T_q, T_c])`` (softmax over the
+    context tokens, per head) to the yielded list, in execution order. Outside it the blocks run as always
+    (``need_weights=False``); inside, ``nn.MultiheadAttention`` takes its weight-returning path, which gives
+    the same outputs up to floating-point rounding."""
+    recorded: list[tuple[nn.Module, torch.Tensor]] = []
+    token = _RECORDED.set(recorded)
+    try:
+        yield recorded
+    finally:
+        _RECORDED.reset(token)
+
+
 class CrossBlock(nn.Module):
     """``q ← q + MHA(LN_q q, LN_kv c, LN_kv c; mask_c)``, ``q ← q + FFN(LN q)``: ``q`` attends to ``c``.
 
@@ -97,7 +117,14 @@ class CrossBlock(nn.Module):
             h = self.norm_self(q)
             q = q + self.self_attn(h, h, h, key_padding_mask=~q_mask, need_weights=False)[0]
         kv = self.norm_kv(context)
-        q = q + self.attn(self.norm_q(q), kv, kv, key_padding_mask=~context_mask, need_weights=False)[0]
+        recorded = _RECORDED.get()
+        if recorded is None:
+            q = q + self.attn(self.norm_q(q), kv, kv, key_padding_mask=~context_mask, need_weights=False)[0]
+        else:
+            out, weights = self.attn(self.norm_q(q), kv, kv, key_padding_mask=~context_mask, need_weights=True,
+                                     average_attn_weights=False)
+            recorded.append((self, weights.detach()))
+            q = q + out
         return q + self.ffn(self.norm2(q))
 
 

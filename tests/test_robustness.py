@@ -14,7 +14,8 @@ from conftest import FAST
 from mmfuse.errors import MMFuseError
 from mmfuse.evaluate import evaluate
 from mmfuse.robustness.image_noise import IMAGE_NOISE, perturb_images
-from mmfuse.robustness.missing import removed, replace_output
+from mmfuse.robustness.missing import SplitMean, recording, removed, replace_output
+from mmfuse.robustness.run import NoisyTokenizer, NoisyTransform
 from mmfuse.robustness.scores import effective_robustness, relative_robustness
 from mmfuse.robustness.seeding import item_rng
 from mmfuse.robustness.shapley import all_subsets, shapley, subset_key
@@ -74,6 +75,31 @@ def test_noise_is_per_image_whatever_the_batch():
     assert not torch.equal(perturb_images(b, "gaussian", 0.2, seed=1), batch[1])
 
 
+def test_text_noise_depends_on_the_seed_and_the_text_not_the_batch():
+    texts = [f"the {c} circle is left of the square" for c in ("red", "blue", "green")]
+    one = perturb_texts(texts, "typo", 0.3, seed=0)
+    assert perturb_texts(texts[1:], "typo", 0.3, seed=0) == one[1:]
+    assert perturb_texts(texts, "typo", 0.3, seed=1) != one
+
+
+def test_the_wrappers_perturb_each_frame_and_keep_the_transforms_attributes():
+    class VideoTransform:
+        frames, fps = 4, 2.0
+
+        def __call__(self, clip):
+            return clip.float() / 255
+
+    clip = torch.stack([noisy_image(i, 16) for i in range(4)])  # uint8 [T, 3, H, W]
+    noisy = NoisyTransform(VideoTransform(), "occlusion", 0.25, seed=0)
+    assert noisy.frames == 4 and noisy.fps == 2.0
+    out = noisy(clip)
+    for t in range(4):  # each frame as the image perturbation of that frame alone
+        assert torch.equal(out[t], perturb_images(clip[t], "occlusion", 0.25, seed=0).float() / 255)
+    tokenizer = NoisyTokenizer(lambda texts: texts, "word_dropout", 1.0, seed=0)
+    tokenizer.max_length = 7
+    assert tokenizer(["a b c"]) == [""] and tokenizer.max_length == 7
+
+
 def test_word_dropout_and_swap_exact():
     assert word_dropout("a b c d", 1.0, item_rng(0, 1.0, b"x")) == ""
     assert swap("a b c d e", 1.0, item_rng(0, 1.0, b"x")) == "b a d c e"
@@ -114,9 +140,20 @@ def test_removed_modalities_exact():
     g = torch.Generator().manual_seed(0)
     zeros = replace_output(out, "zeros", g)
     assert zeros.pooled.abs().sum() == 0 and torch.equal(zeros.mask, mask)
-    mean = replace_output(out, "mean", g)
-    assert torch.equal(mean.pooled, torch.tensor([[2.0, 4.0], [2.0, 4.0]]))
-    assert torch.equal(mean.tokens[:, :, 0], torch.tensor([[2.0, 5.0], [2.0, 5.0]]))  # position 2: only sample 0
+    split = SplitMean()
+    split.add(out)
+    split.add(EncoderOutput(torch.tensor([[5.0, 1.0]]), torch.tensor([[[7.0], [2.0], [4.0]]]),
+                            torch.tensor([[True, False, True]])))  # a later batch, longer: positions grow
+    assert torch.equal(split.pooled, torch.tensor([3.0, 3.0]))  # (1+3+5)/3, (2+6+1)/3
+    assert torch.equal(split.tokens[:, 0], torch.tensor([11 / 3, 5.0, 4.0], dtype=torch.float64))  # masked: 9 and 2 left out
+    mean = replace_output(out, "mean", g, split)
+    assert torch.equal(mean.pooled, torch.tensor([[3.0, 3.0], [3.0, 3.0]]))
+    assert torch.allclose(mean.tokens[:, :, 0], torch.tensor([[11 / 3, 5.0], [11 / 3, 5.0]]))
+    assert torch.equal(mean.mask, mask)
+    longer = EncoderOutput(torch.zeros(1, 2), torch.ones(1, 4, 1), torch.ones(1, 4, dtype=torch.bool))
+    assert replace_output(longer, "mean", g, split).tokens[0, 3, 0] == 0  # a position never seen: 0
+    with pytest.raises(MMFuseError, match="robustness.mode=mean"):
+        replace_output(out, "mean", g)
     shuffled = replace_output(out, "shuffle", torch.Generator().manual_seed(3))
     perm = [int(torch.nonzero((pooled == row).all(1))[0]) for row in shuffled.pooled]
     assert sorted(perm) == [0, 1] and torch.equal(shuffled.mask, mask[perm])
@@ -134,6 +171,16 @@ def test_removed_restores_the_models_encode():
         assert model.encode("image", {}).pooled.sum() == 0
         assert model.encode("text", {}).pooled.sum() == 6
     assert model.encode("image", {}).pooled.sum() == 6 and "encode" not in model.__dict__
+    with recording(model, ["text"]) as means:
+        model.encode("text", {})
+        model.encode("image", {})
+    assert means["text"].n == 2 and torch.equal(means["text"].pooled, torch.ones(3, dtype=torch.float64)) and list(means) == ["text"]
+    with removed(model, ["text"], "mean", means=means):
+        assert torch.equal(model.encode("text", {}).pooled, torch.ones(2, 3))
+    assert "encode" not in model.__dict__
+    with pytest.raises(MMFuseError, match="robustness.mode=mean"):
+        with removed(model, ["image"], "mean", means=means):  # no image means recorded
+            pass
     with pytest.raises(MMFuseError, match="robustness.mode='nothing'"):
         with removed(model, ["image"], "nothing"):
             pass
@@ -159,9 +206,21 @@ def _eval(out: Path, ckpt: Path, name: str, *extra: str) -> dict:
     return evaluate(cfg)
 
 
-def test_image_noise_curve_starts_at_the_clean_metrics_and_bypasses_the_feature_cache(trained):
+def test_image_noise_curve_starts_at_the_clean_metrics_and_bypasses_the_feature_cache(trained, monkeypatch):
+    import mmfuse.robustness.run as run
+
     out, ckpt, results = trained
+    batches, original = [], run.perturbed_datamodule
+
+    def perturbed(*args):
+        dm = original(*args)
+        dm.setup("validate")
+        batches.append(set(next(iter(dm.val_dataloader()))))
+        return dm
+
+    monkeypatch.setattr(run, "perturbed_datamodule", perturbed)
     ev = _eval(out, ckpt, "image_noise", "robustness.levels=[0.0,0.1,1.0]", "robustness.metric=val/loss")
+    assert len(batches) == 3 and all("image" in b and "image_features" not in b for b in batches)  # pixels
     rob = ev["robustness"]
     assert rob["levels"] == [0.0, 0.1, 1.0] and rob["metric"] == "val/loss"
     for key, values in rob["curve"].items():
@@ -181,6 +240,11 @@ def test_missing_gives_every_subset_and_shapley_sums_to_full_minus_empty(trained
     assert sum(rob["shapley"].values()) == pytest.approx(v["image+text"] - v[""], abs=1e-9)
     assert rob["drop"] == pytest.approx({"image": v["image+text"] - v["text"], "text": v["image+text"] - v["image"]})
     assert v["image+text"] != v["text"]
+    mean = _eval(out, ckpt, "missing", "robustness.metric=val/loss", "robustness.mode=mean")["robustness"]
+    w = mean["subsets"]
+    assert mean["mode"] == "mean" and w["image+text"] == v["image+text"]  # nothing removed: the clean pass
+    assert w["text"] != v["text"] and w[""] != v[""]  # the split's mean, not zeros
+    assert sum(mean["shapley"].values()) == pytest.approx(w["image+text"] - w[""], abs=1e-9)
 
 
 def test_text_noise_on_a_model_and_bad_settings(trained):

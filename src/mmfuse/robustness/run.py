@@ -4,7 +4,8 @@ subset of its modalities removed.
 ``robustness`` settings (``conf/robustness/<name>.yaml``): ``name``, ``kind`` (an image kind of
 ``IMAGE_NOISE``, a text kind of ``TEXT_NOISE``, or ``missing``), ``modality`` (the perturbed one: image or
 video for image kinds, text for text kinds), ``levels`` (non-negative, increasing), ``mode`` (missing:
-``zeros | mean | shuffle``), ``seed``, ``metric`` (null: the task's monitored metric).
+``zeros | mean | shuffle``; mean: the split's means, recorded during the clean pass of the full set),
+``seed``, ``metric`` (null: the task's monitored metric).
 
 Input noise is applied where the data is preprocessed (the datamodule's image / video transform on
 ``uint8`` pixels, its tokenizer on the raw strings), so every dataset and task gets it; the feature cache
@@ -21,12 +22,29 @@ from omegaconf import DictConfig, OmegaConf
 
 from mmfuse.errors import MMFuseError
 from mmfuse.robustness.image_noise import IMAGE_NOISE, perturb_images
-from mmfuse.robustness.missing import MODES, removed
+from mmfuse.robustness.missing import MODES, recording, removed
 from mmfuse.robustness.scores import relative_robustness
 from mmfuse.robustness.shapley import all_subsets, shapley, subset_key
 from mmfuse.robustness.text_noise import TEXT_NOISE, perturb_texts
 
 KINDS = (*IMAGE_NOISE, *TEXT_NOISE, "missing")
+
+
+class NoisyTransform:
+    """The datamodule's image / video transform applied to perturbed ``uint8`` pixels (each image, or each
+    frame of a clip); its attributes (a video transform's ``frames``, ``fps``...) delegated."""
+
+    def __init__(self, transform: Callable[[Any], Any], kind: str, level: float, seed: int) -> None:
+        self._transform, self._noise = transform, (kind, level, seed)
+
+    def __call__(self, pixels: Any, *args: Any, **kwargs: Any) -> Any:
+        kind, level, seed = self._noise
+        return self._transform(perturb_images(pixels, kind, level, seed), *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # not yet set (unpickling in a loader worker)
+            raise AttributeError(name)
+        return getattr(self._transform, name)
 
 
 class NoisyTokenizer:
@@ -40,13 +58,9 @@ class NoisyTokenizer:
         return self._tokenizer(perturb_texts(texts, kind, level, seed), *args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
         return getattr(self._tokenizer, name)
-
-
-def noisy_transform(transform: Callable[[Any], Any], kind: str, level: float, seed: int) -> Callable[[Any], Any]:
-    def apply(pixels: Any) -> Any:
-        return transform(perturb_images(pixels, kind, level, seed))
-    return apply
 
 
 def check_settings(settings: DictConfig, modalities: tuple[str, ...]) -> dict[str, Any]:
@@ -80,7 +94,7 @@ def perturbed_datamodule(rebuilt: Any, s: dict[str, Any], level: float) -> Any:
         dm.tokenizer = NoisyTokenizer(dm.tokenizer, kind, level, seed)
         dm.transforms["text"] = dm.tokenizer
     else:
-        dm.transforms[modality] = noisy_transform(dm.transforms[modality], kind, level, seed)
+        dm.transforms[modality] = NoisyTransform(dm.transforms[modality], kind, level, seed)
         if modality == "image":
             dm.image_transform = dm.transforms["image"]
     return dm
@@ -96,9 +110,13 @@ def run_robustness(rebuilt: Any, settings: DictConfig, validate: Callable[[Any],
     if s["kind"] == "missing":
         mode = s.get("mode", "zeros")
         players = model.modalities
-        values = {}
-        for kept in all_subsets(players):
-            with removed(model, [m for m in players if m not in kept], mode, seed):
+        values, means = {}, None
+        for kept in all_subsets(players):  # the full set first: its clean pass records the split means
+            if means is None:
+                with recording(model, players) as means:
+                    values[subset_key(kept, players)] = _metric(validate(rebuilt.datamodule()), metric)
+                continue
+            with removed(model, [m for m in players if m not in kept], mode, seed, means):
                 values[subset_key(kept, players)] = _metric(validate(rebuilt.datamodule()), metric)
         full = values[subset_key(players, players)]
         return {**base, "mode": mode, "subsets": values,

@@ -218,3 +218,24 @@ def test_explain_writes_pngs_an_index_and_the_checks(checkpoints, fusion):
     if fusion == "cross_attention":
         assert saved["methods"]["attention"]["pointed"] == 3 * 4  # colour + shape of both objects
     assert result["methods"] == saved["methods"]
+
+
+@pytest.mark.slow
+def test_the_command_line_reads_the_checkpoints_groups(checkpoints, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    _, ckpts = checkpoints
+    out = tmp_path / "cli"
+    env = {**os.environ, "MMFUSE_OUTPUTS": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "mmfuse.explain", f"ckpt_path={ckpts['mul']}", "n=2",
+                           "methods=[gradcam]", f"out={out}"], cwd=Path(__file__).parents[1], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    saved = json.loads((out / "explain.json").read_text())
+    assert saved["n"] == 2 and list(saved["methods"]) == ["gradcam"] and (out / "gradcam_001.png").is_file()
+    bad = subprocess.run([sys.executable, "-m", "mmfuse.explain", f"ckpt_path={ckpts['mul']}", "methods=[lime]",
+                          f"out={out}"], cwd=Path(__file__).parents[1], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode == 2 and "methods=['lime']" in bad.stderr

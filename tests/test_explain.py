@@ -239,3 +239,21 @@ def test_the_command_line_reads_the_checkpoints_groups(checkpoints, tmp_path):
                           f"out={out}"], cwd=Path(__file__).parents[1], env=env, capture_output=True, text=True,
                          timeout=300)
     assert bad.returncode == 2 and "methods=['lime']" in bad.stderr
+
+
+def test_the_explain_report_aggregates_runs_exactly(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("explain_report", Path(__file__).parents[1] / "experiments" / "explain" / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    for k, (p, rho) in enumerate([(0.5, 0.1), (0.3, 0.7)]):
+        d = tmp_path / str(k)
+        d.mkdir()
+        (d / "explain.json").write_text(json.dumps({"fusion": "mul", "methods": {
+            "gradcam": {"pointing": p, "uniform": 0.2, "pointed": 3, "randomisation_spearman": rho},
+            "attention": {"skipped": "no attention"}}}))
+    text, rows = report.table(report.collect([str(tmp_path)]))
+    assert text.splitlines()[2] == ("| `mul` | gradcam | 2 | 0.400 ± 0.141 | 0.200 ± 0.000 | 0.200 ± 0.141 | 0.400 ± 0.424 "
+                                    "| PASS |")
+    assert len(rows) == 1 and rows[0]["gain"] == pytest.approx([0.3, 0.1])

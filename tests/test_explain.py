@@ -217,6 +217,9 @@ def test_explain_writes_pngs_an_index_and_the_checks(checkpoints, fusion):
     assert gc["pointed"] == 3 and 0 <= gc["pointing"] <= 1 and 0 < gc["uniform"] < 1
     if fusion == "cross_attention":
         assert saved["methods"]["attention"]["pointed"] == 3 * 4  # colour + shape of both objects
+        raw = np.load(run_dir / "attention_000.npy")  # [layers, heads, text tokens, image tokens]
+        assert raw.shape[:2] == (2, 4) and raw.shape[3] == 64
+        assert np.allclose(raw.sum(-1), 1, atol=1e-5)
     assert result["methods"] == saved["methods"]
 
 

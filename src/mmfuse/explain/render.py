@@ -50,6 +50,31 @@ def figure(path: Path, image: np.ndarray, heat: np.ndarray | None, words: list[s
     plt.close(fig)
 
 
+def word_figure(path: Path, image: np.ndarray, maps: list[tuple[str, np.ndarray | None]], title: str) -> None:
+    """The image, then one panel per word with that word's map over the image (None: a word without tokens)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rgb = image.transpose(1, 2, 0)
+    fig, axes = plt.subplots(1, len(maps) + 1, figsize=(1.6 * (len(maps) + 1), 2.0), squeeze=False)
+    axes = axes[0]
+    axes[0].imshow(rgb)
+    axes[0].set_title(title, fontsize=6)
+    for ax, (word, heat) in zip(axes[1:], maps, strict=True):
+        ax.imshow(rgb)
+        if heat is not None:
+            h = upsample(heat, rgb.shape[:2])
+            ax.imshow(h / h.max() if h.max() > 0 else h, cmap="jet", alpha=0.55, vmin=0, vmax=1)
+        ax.set_title(word, fontsize=8)
+    for ax in axes:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def index_page(path: Path, samples: list[dict[str, Any]], methods: list[str], title: str) -> None:
     head = "".join(f"<th>{html.escape(m)}</th>" for m in methods)
     rows = []

@@ -1,7 +1,8 @@
 """``python -m mmfuse.explain ckpt_path=<ckpt> n=16``: explanations of ``n`` validation pairs.
 
 For each method of ``methods`` (``attention``: text-to-image attention, ``gradcam``: Grad-CAM on the image,
-``ig``: integrated gradients over the text tokens) a PNG per pair (``<method>_<k>.png``), an ``index.html``
+``ig``: integrated gradients over the text tokens) a PNG per pair (``<method>_<k>.png``; for attention one
+panel per word, and the raw weights per layer and head ``[L, H, S, N]`` as ``attention_<k>.npy``), an ``index.html``
 that shows them side by side and ``explain.json``; with a ``logger=wandb`` run, the PNGs also go to W&B.
 
 The pairs: with labels (ITM), the first ``n`` positives at evenly spaced positions of the split; otherwise
@@ -102,6 +103,7 @@ def explain(cfg: DictConfig) -> dict[str, Any]:
             report[method] = {"skipped": why}
             continue
         maps, random_maps = method_maps(module, batch, method, cfg.ig_steps), method_maps(random_module, batch, method, cfg.ig_steps)
+        raw = attention.attention_maps(module, batch).numpy() if method == "attention" else None
         rho = [rank_correlation(a, b) for a, b in zip(maps, random_maps, strict=True)]
         entry: dict[str, Any] = {"randomisation_spearman": float(np.mean(rho)),
                                  "randomisation": "PASS" if np.mean(rho) < RANDOMISATION_PASS else "FAIL",
@@ -130,7 +132,12 @@ def explain(cfg: DictConfig) -> dict[str, Any]:
                         scores.append(pointing_score(wmap, mask))
                         uniform.append(uniform_score(mask))
             name = f"{method}_{k:03d}.png"
-            render.figure(out / name, images[k], heat, words, weights, title)
+            if method == "attention":
+                render.word_figure(out / name, images[k], [(w, word_map(maps[k], token_word[k], i))
+                                                           for i, w in enumerate(words)], "attention by word")
+                np.save(out / f"attention_{k:03d}.npy", raw[k])
+            else:
+                render.figure(out / name, images[k], heat, words, weights, title)
             sample["pngs"][method] = name
         if scores:
             entry.update(pointing=float(np.mean(scores)), uniform=float(np.mean(uniform)), pointed=len(scores))

@@ -189,11 +189,19 @@ def test_attention_maps_sum_to_one_over_real_image_tokens_and_recording_keeps_th
 def checkpoints(tmp_path_factory):
     out = tmp_path_factory.mktemp("explain")
     ckpts = {}
-    for fusion in ("cross_attention", "mul"):
+    for fusion in ("cross_attention", "mul", "text_only"):
         cfg = compose_config(out / fusion, [*FAST, f"fusion={fusion}", "data.num_val=100"])
         train(cfg)
         ckpts[fusion] = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     return out, ckpts
+
+
+def test_a_fusion_that_ignores_the_image_gets_no_image_map(checkpoints):
+    out, ckpts = checkpoints
+    result = explain(compose_config(out / "x_text_only", [f"ckpt_path={ckpts['text_only']}", "n=2", "ig_steps=2"],
+                                    "explain"))
+    assert result["methods"]["gradcam"] == {"skipped": "TextOnly does not read the image"}
+    assert "randomisation_spearman" in result["methods"]["ig"]
 
 
 @pytest.mark.parametrize("fusion", ["cross_attention", "mul"])

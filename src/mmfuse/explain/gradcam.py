@@ -54,11 +54,13 @@ def gradcam(module: Any, batch: dict[str, Any], explained: Callable[[Any, dict[s
             y = explained(module, batch)
             if grids:
                 act = grids[-1]
-                (grad,) = torch.autograd.grad(y.sum(), act)
+                (grad,) = torch.autograd.grad(y.sum(), act, allow_unused=True)
+                grad = torch.zeros_like(act) if grad is None else grad
                 weights = grad.mean(dim=(2, 3), keepdim=True)
                 return torch.relu((weights * act).sum(1)).detach()
             act = tokens[-1]
-            (grad,) = torch.autograd.grad(y.sum(), act)
+            (grad,) = torch.autograd.grad(y.sum(), act, allow_unused=True)
+            grad = torch.zeros_like(act) if grad is None else grad
             cam = torch.relu((grad.mean(1, keepdim=True) * act).sum(-1)).detach()
             side = math.isqrt(cam.shape[1])
             return cam.reshape(-1, side, side) if side * side == cam.shape[1] else cam.unsqueeze(1)

@@ -48,7 +48,8 @@ def integrated_gradients(module: Any, batch: dict[str, Any], explained: Callable
             for k in range(1, steps + 1):
                 state["alpha"] = (k - 0.5) / steps
                 y = explained(module, batch)
-                (grad,) = torch.autograd.grad(y.sum(), state["scaled"])
+                (grad,) = torch.autograd.grad(y.sum(), state["scaled"], allow_unused=True)
+                grad = torch.zeros_like(state["scaled"]) if grad is None else grad
                 total = grad if total is None else total + grad
             with torch.no_grad():
                 state["alpha"] = 1.0

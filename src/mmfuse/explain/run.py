@@ -95,10 +95,12 @@ def explain(cfg: DictConfig) -> dict[str, Any]:
                 "target": targets[k], "pngs": {}} for k, (p, t) in enumerate(zip(pairs, texts, strict=True))]
     for method in cfg.methods:
         why = attention.supports(module.model.fusion) if method == "attention" else None
-        if why is None and method != "ig" and "image" not in module.model.modalities:
-            why = "the model has no image encoder"
-        if why is None and method == "ig" and "text" not in module.model.modalities:
-            why = "the model has no text encoder"
+        needed = "text" if method == "ig" else "image"
+        uses = getattr(module.model.fusion, "uses", module.model.modalities)
+        if why is None and needed not in module.model.modalities:
+            why = f"the model has no {needed} encoder"
+        elif why is None and needed not in uses:
+            why = f"{type(module.model.fusion).__name__} does not read the {needed}"
         if why is not None:
             report[method] = {"skipped": why}
             continue

@@ -106,7 +106,11 @@ def explain(cfg: DictConfig) -> dict[str, Any]:
             continue
         maps, random_maps = method_maps(module, batch, method, cfg.ig_steps), method_maps(random_module, batch, method, cfg.ig_steps)
         raw = attention.attention_maps(module, batch).numpy() if method == "attention" else None
-        rho = [rank_correlation(a, b) for a, b in zip(maps, random_maps, strict=True)]
+        if method == "ig":  # over the real tokens: padding is 0 in both and would count as agreement
+            real = batch["attention_mask"].bool().numpy()
+            rho = [rank_correlation(a[r], b[r]) for a, b, r in zip(maps, random_maps, real, strict=True)]
+        else:
+            rho = [rank_correlation(a, b) for a, b in zip(maps, random_maps, strict=True)]
         entry: dict[str, Any] = {"randomisation_spearman": float(np.mean(rho)),
                                  "randomisation": "PASS" if np.mean(rho) < RANDOMISATION_PASS else "FAIL",
                                  "pointing": None, "uniform": None, "pointed": 0}

@@ -34,6 +34,9 @@ def golden_inputs() -> dict[str, EncoderOutput]:
     return {"image": image, "text": text}
 
 
+FFT_FUSIONS = {"mcb"}
+
+
 @pytest.mark.parametrize("name", sorted(GOLDEN))
 def test_image_text_fusion_is_unchanged(name):
     cfg = OmegaConf.create({"fusion": OmegaConf.load(CONF_DIR / "fusion" / f"{name}.yaml")})
@@ -47,6 +50,9 @@ def test_image_text_fusion_is_unchanged(name):
     with torch.no_grad():
         out = fusion(golden_inputs())
     parts = [out["image"], out["text"]] if isinstance(out, LateOutput) else [out]
+    # mcb's count sketch goes through an FFT, whose rounding depends on the CPU's vector instructions
+    # (2.2e-5 apart between two x86 machines); a changed formula moves the outputs by far more
+    tol = 1e-4 if name in FFT_FUSIONS else 2e-6
     for got, first, total in zip(parts, want["output"], want["output_sum"]):
-        assert got.flatten()[:12].tolist() == pytest.approx(first, abs=2e-6), name
-        assert float(got.double().sum()) == pytest.approx(total, abs=2e-5), name
+        assert got.flatten()[:12].tolist() == pytest.approx(first, abs=tol), name
+        assert float(got.double().sum()) == pytest.approx(total, abs=10 * tol if name in FFT_FUSIONS else 2e-5), name

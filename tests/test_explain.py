@@ -50,6 +50,16 @@ def test_pointing_score_exact():
     assert pointing_score(np.array([[1.0], [1.0], [1.0]]), odd) == pytest.approx((1 + 0 + 0) / 3)
 
 
+def test_the_intensity_control_is_the_mean_brightness_per_cell():
+    from mmfuse.explain.run import intensity_maps
+
+    image = np.zeros((3, 4, 4), np.uint8)
+    image[:, 0, 0] = 90
+    image[0, 3, 3] = 30  # one channel of three
+    got = intensity_maps([image], grid=2)
+    assert got.shape == (1, 2, 2) and np.allclose(got[0], [[90 / 4, 0], [0, 10 / 4]])
+
+
 def test_rank_correlation_is_spearmans_with_ties_and_zero_for_constant_maps():
     a = np.array([[1.0, 2.0], [2.0, 5.0]])
     b = np.array([[0.1, 0.3], [0.3, 0.2]])
@@ -212,7 +222,7 @@ def test_explain_writes_pngs_an_index_and_the_checks(checkpoints, fusion):
     run_dir = Path(cfg.paths.output_dir)
     saved = json.loads((run_dir / "explain.json").read_text())
     assert saved["n"] == 3 and saved["fusion"] == fusion and saved["task"] == "itm"
-    drawn = ["attention", "gradcam", "ig"] if fusion == "cross_attention" else ["gradcam", "ig"]
+    drawn = ["attention", "gradcam", "ig", "intensity"] if fusion == "cross_attention" else ["gradcam", "ig", "intensity"]
     for method in drawn:
         assert sorted(p.name for p in run_dir.glob(f"{method}_*.png")) == [f"{method}_{k:03d}.png" for k in range(3)]
         assert -1 <= saved["methods"][method]["randomisation_spearman"] <= 1
@@ -229,6 +239,8 @@ def test_explain_writes_pngs_an_index_and_the_checks(checkpoints, fusion):
         assert raw.shape[:2] == (2, 4) and raw.shape[3] == 64
         assert np.allclose(raw.sum(-1), 1, atol=1e-5)
     assert result["methods"] == saved["methods"]
+    control = saved["methods"]["intensity"]  # the same map whatever the weights: the check must fail it
+    assert control["randomisation_spearman"] == pytest.approx(1.0) and control["randomisation"] == "FAIL"
 
 
 @pytest.mark.slow

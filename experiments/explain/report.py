@@ -18,7 +18,7 @@ from typing import Any
 
 from mmfuse.explain.sanity import RANDOMISATION_PASS
 
-METHOD_ORDER = ("attention", "gradcam", "ig")
+METHOD_ORDER = ("attention", "gradcam", "ig", "intensity")
 
 
 def cell(values: list[float]) -> str:

@@ -12,6 +12,11 @@ evenly spaced pairs. Checks, in explain.json per method:
 - on shapes (``mmfuse.explain.shapes_masks``), the pointing game: ``pointing`` the mean share of the map's
   mass on the object a word names (attention: that word's map; Grad-CAM: the pair's map against the union of
   the named objects), ``uniform`` the same for a uniform map, ``pointed`` the number of (pair, word) scored.
+
+``intensity`` is a control, not an explanation: each grid cell's pixel brightness, the same whatever the
+model (Adebayo et al.'s edge-detector point). On shapes, where the objects are bright on a dark background,
+it wins the pointing game, and the randomisation check fails it (ρ = 1): the game alone cannot tell an
+explanation from a saliency map of the image.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ from mmfuse.explain.shapes_masks import object_masks
 from mmfuse.explain.targets import target
 from mmfuse.explain.words import token_words
 
-METHODS = ("attention", "gradcam", "ig")
+METHODS = ("attention", "gradcam", "ig", "intensity")
+INTENSITY_GRID = 8  # cells per side of the intensity control's map
 
 
 def pick_pairs(dataset: Any, n: int) -> list[int]:
@@ -47,8 +53,25 @@ def pick_pairs(dataset: Any, n: int) -> list[int]:
     return [pool[int(i)] for i in np.linspace(0, len(pool) - 1, n).round()]
 
 
-def method_maps(module: Any, batch: dict[str, Any], method: str, ig_steps: int) -> np.ndarray:
-    """attention: ``[B, S, N]``; gradcam: ``[B, h, w]``; ig: ``[B, T]``."""
+def intensity_maps(images: list[np.ndarray], grid: int = INTENSITY_GRID) -> np.ndarray:
+    """``[B, grid, grid]``: each cell's mean pixel brightness (channels averaged); a map that ignores the model."""
+    out = []
+    for image in images:
+        gray = image.astype(float).mean(0)
+        rows = (np.arange(gray.shape[0]) * grid) // gray.shape[0]
+        cols = (np.arange(gray.shape[1]) * grid) // gray.shape[1]
+        total, count = np.zeros((grid, grid)), np.zeros((grid, grid))
+        np.add.at(total, (rows[:, None], cols[None, :]), gray)
+        np.add.at(count, (rows[:, None], cols[None, :]), 1.0)
+        out.append(total / np.maximum(count, 1))
+    return np.stack(out)
+
+
+def method_maps(module: Any, batch: dict[str, Any], method: str, ig_steps: int,
+                images: list[np.ndarray] | None = None) -> np.ndarray:
+    """attention: ``[B, S, N]``; gradcam, intensity: ``[B, h, w]``; ig: ``[B, T]``."""
+    if method == "intensity":
+        return intensity_maps(images or [])
     if method == "attention":
         return attention.rollout(attention.attention_maps(module, batch)).numpy()
     if method == "gradcam":
@@ -95,16 +118,19 @@ def explain(cfg: DictConfig) -> dict[str, Any]:
                 "target": targets[k], "pngs": {}} for k, (p, t) in enumerate(zip(pairs, texts, strict=True))]
     for method in cfg.methods:
         why = attention.supports(module.model.fusion) if method == "attention" else None
-        needed = "text" if method == "ig" else "image"
+        needed = {"ig": "text", "intensity": None}.get(method, "image")
         uses = getattr(module.model.fusion, "uses", module.model.modalities)
-        if why is None and needed not in module.model.modalities:
+        if needed is None:
+            pass
+        elif why is None and needed not in module.model.modalities:
             why = f"the model has no {needed} encoder"
         elif why is None and needed not in uses:
             why = f"{type(module.model.fusion).__name__} does not read the {needed}"
         if why is not None:
             report[method] = {"skipped": why}
             continue
-        maps, random_maps = method_maps(module, batch, method, cfg.ig_steps), method_maps(random_module, batch, method, cfg.ig_steps)
+        maps = method_maps(module, batch, method, cfg.ig_steps, images)
+        random_maps = method_maps(random_module, batch, method, cfg.ig_steps, images)
         raw = attention.attention_maps(module, batch).numpy() if method == "attention" else None
         if method == "ig":  # over the real tokens: padding is 0 in both and would count as agreement
             real = batch["attention_mask"].bool().numpy()
@@ -122,7 +148,7 @@ def explain(cfg: DictConfig) -> dict[str, Any]:
                 weights = [float(sum(v for v, w in zip(maps[k], token_word[k], strict=False) if w == i))
                            for i in range(len(words))]
                 title = f"ig (target {sample['target']:.2f})"
-            elif method == "gradcam":
+            elif method in ("gradcam", "intensity"):
                 heat = maps[k]
                 if masks is not None and masks[k]:
                     union = np.logical_or.reduce(list(masks[k].values()))

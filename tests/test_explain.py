@@ -280,3 +280,13 @@ def test_the_explain_report_aggregates_runs_exactly(tmp_path):
     assert text.splitlines()[2] == ("| `mul` | gradcam | 2 | 0.400 ± 0.141 | 0.200 ± 0.000 | 0.200 ± 0.141 | 0.400 ± 0.424 "
                                     "| PASS |")
     assert len(rows) == 1 and rows[0]["gain"] == pytest.approx([0.3, 0.1])
+
+
+def test_with_a_wandb_logger_the_pngs_go_to_wandb(checkpoints, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out, ckpts = checkpoints
+    cfg = compose_config(out / "x_wandb", [f"ckpt_path={ckpts['mul']}", "n=2", "methods=[gradcam]", "logger=wandb"],
+                         "explain")
+    explain(cfg)
+    media = list(Path(cfg.paths.output_dir).glob("wandb/offline-run-*/files/media/images/explain/gradcam_*.png"))
+    assert len(media) == 2

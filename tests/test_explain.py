@@ -290,3 +290,38 @@ def test_with_a_wandb_logger_the_pngs_go_to_wandb(checkpoints, monkeypatch):
     explain(cfg)
     media = list(Path(cfg.paths.output_dir).glob("wandb/offline-run-*/files/media/images/explain/gradcam_*.png"))
     assert len(media) == 2
+
+
+class TanhText(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(10, 3)
+        self.w = nn.Parameter(torch.tensor([1.5, -2.0, 0.7]))
+
+
+def test_integrated_gradients_complete_on_nonlinear_models():
+    text = TanhText()
+    module = SimpleNamespace(model=SimpleNamespace(encoders={"text": text}))
+    ids = torch.tensor([[1, 4, 7]])
+    # quadratic in the embeddings: the gradient is linear along the path, so the midpoint rule is exact
+    quadratic = lambda m, b: ((text.embed(b["input_ids"]) * text.w).sum(-1) ** 2).sum(-1)  # noqa: E731
+    ig, full, empty = integrated_gradients(module, {"input_ids": ids}, quadratic, steps=4)
+    assert float(ig.sum()) == pytest.approx(float(full - empty), abs=1e-5) and float(full - empty) > 1
+    saturating = lambda m, b: torch.tanh((text.embed(b["input_ids"]) * text.w).sum(-1) * 2).sum(-1) ** 2  # noqa: E731
+    errors = {}
+    for steps in (4, 16):
+        ig, full, empty = integrated_gradients(module, {"input_ids": ids}, saturating, steps=steps)
+        errors[steps] = abs(float(ig.sum() - (full - empty)))
+    assert errors[16] < errors[4] / 10 and errors[16] < 0.03
+
+
+def test_rollout_is_the_mean_over_layers_and_heads():
+    weights = torch.zeros(1, 2, 2, 1, 2)
+    weights[0, 0, 0, 0] = torch.tensor([1.0, 0.0])
+    weights[0, 0, 1, 0] = torch.tensor([0.5, 0.5])
+    weights[0, 1, 0, 0] = torch.tensor([0.0, 1.0])
+    weights[0, 1, 1, 0] = torch.tensor([0.5, 0.5])
+    assert torch.allclose(rollout(weights), torch.tensor([[[0.5, 0.5]]]))
+    weights[0, 1] = torch.tensor([0.0, 1.0])
+    assert torch.allclose(rollout(weights), torch.tensor([[[0.375, 0.625]]]))

@@ -325,3 +325,34 @@ def test_rollout_is_the_mean_over_layers_and_heads():
     assert torch.allclose(rollout(weights), torch.tensor([[[0.5, 0.5]]]))
     weights[0, 1] = torch.tensor([0.0, 1.0])
     assert torch.allclose(rollout(weights), torch.tensor([[[0.375, 0.625]]]))
+
+
+def test_gradcam_on_a_torchvision_cnn_reaches_its_last_grid_through_the_pooled_vector():
+    from mmfuse.encoders.torchvision_image import TorchvisionImageEncoder
+
+    torch.manual_seed(0)
+    encoder = TorchvisionImageEncoder("resnet18", pretrained=False, image_size=64).eval()
+
+    class Model(nn.Module):
+        modalities = ("image",)
+
+        def __init__(self):
+            super().__init__()
+            self.image_encoder = encoder
+
+        @property
+        def encoders(self):
+            return {"image": self.image_encoder}
+
+        def encode(self, modality, batch):
+            return self.image_encoder(batch["image"])
+
+    class PooledTask(nn.Module):  # reads the pooled vector only, as a pooled fusion does
+        def logits(self, model, batch):
+            return model.encode("image", batch).pooled[:, :8].sum(-1)
+
+    image = torch.rand(2, 3, 64, 64)
+    cam = gradcam(SimpleNamespace(model=Model(), task=PooledTask()), {"image": image},
+                  lambda m, b: m.task.logits(m.model, b))
+    assert cam.shape == (2, 2, 2)  # resnet18's last stage: 64 px / 32
+    assert float(cam.sum()) > 0

@@ -267,3 +267,29 @@ def test_a_text_only_models_image_noise_curve_is_flat(tmp_path):
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     rob = _eval(tmp_path, ckpt, "image_occlusion", "robustness.levels=[0.0,0.5,1.0]")["robustness"]
     assert all(len(set(values)) == 1 for values in rob["curve"].values())
+
+
+def test_missing_fraction_runs_from_the_clean_model_to_the_modality_removed(trained):
+    out, ckpt, _ = trained
+    ev = _eval(out, ckpt, "missing_image", "robustness.levels=[0.0,0.5,1.0]", "robustness.metric=val/loss")
+    loss = ev["robustness"]["curve"]["val/loss"]
+    assert ev["robustness"]["kind"] == "missing_fraction" and ev["robustness"]["modality"] == "image"
+    assert loss[0] == ev["metrics"]["val/loss"]
+    whole = _eval(out, ckpt, "missing", "robustness.metric=val/loss", "seed=0")["robustness"]["subsets"]
+    assert loss[2] == pytest.approx(whole["text"], abs=1e-6)  # every sample without its image
+    assert loss[1] not in (loss[0], loss[2])
+    with pytest.raises(MMFuseError, match="robustness.modality='audio'"):
+        _eval(out, ckpt, "missing_image", "robustness.modality=audio")
+
+
+def test_a_fraction_of_the_rows_is_removed():
+    class Model(torch.nn.Module):
+        modalities = ("image", "text")
+
+        def encode(self, modality, batch):
+            return EncoderOutput(torch.ones(1000, 2), torch.ones(1000, 1, 2), torch.ones(1000, 1, dtype=torch.bool))
+
+    model = Model()
+    with removed(model, ["image"], "zeros", fraction=0.3):
+        kept = model.encode("image", {}).pooled[:, 0]
+    assert 250 < int((kept == 0).sum()) < 350 and set(kept.tolist()) == {0.0, 1.0}

@@ -117,9 +117,11 @@ def recording(model: Any, modalities: Sequence[str]) -> Iterator[dict[str, Split
 
 @contextlib.contextmanager
 def removed(model: Any, modalities: Sequence[str], mode: str, seed: int = 0,
-            means: Mapping[str, SplitMean] | None = None) -> Iterator[None]:
+            means: Mapping[str, SplitMean] | None = None, fraction: float = 1.0) -> Iterator[None]:
     """Within the block, ``model.encode`` removes ``modalities`` (see the module docstring); ``means``:
-    the split means ``mode=mean`` needs, from ``recording``."""
+    the split means ``mode=mean`` needs, from ``recording``. ``fraction < 1``: only a random share of the
+    samples loses the modality, each sample independently with probability ``fraction`` (drawn from the same
+    seeded generator as the call's permutation; batches come in the same order for every model)."""
     if mode not in MODES:
         raise MMFuseError(f"robustness.mode={mode!r}: expected one of {MODES}")
     unknown = [m for m in modalities if m not in model.modalities]
@@ -137,7 +139,12 @@ def removed(model: Any, modalities: Sequence[str], mode: str, seed: int = 0,
                 return out
             calls[0] += 1
             generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + calls[0])
-            return replace_output(out, mode, generator, (means or {}).get(modality))
+            replaced = replace_output(out, mode, generator, (means or {}).get(modality))
+            if fraction >= 1:
+                return replaced
+            rows = torch.rand(out.pooled.shape[0], generator=generator).to(out.pooled.device) < fraction
+            pick = lambda a, b: torch.where(rows.view(-1, *[1] * (a.dim() - 1)), b, a)  # noqa: E731
+            return EncoderOutput(*(pick(a, b) for a, b in zip(out, replaced, strict=True)))
         return encode
 
     with _wrapped_encode(model, wrap):

@@ -2,7 +2,8 @@
 subset of its modalities removed.
 
 ``robustness`` settings (``conf/robustness/<name>.yaml``): ``name``, ``kind`` (an image kind of
-``IMAGE_NOISE``, a text kind of ``TEXT_NOISE``, or ``missing``), ``modality`` (the perturbed one: image or
+``IMAGE_NOISE``, a text kind of ``TEXT_NOISE``, ``missing`` (every subset of the modalities removed) or
+``missing_fraction`` (``modality`` removed from a ``level`` share of the samples)), ``modality`` (the perturbed one: image or
 video for image kinds, text for text kinds), ``levels`` (non-negative, increasing), ``mode`` (missing:
 ``zeros | mean | shuffle``; mean: the split's means, recorded during the clean pass of the full set),
 ``seed``, ``metric`` (null: the task's monitored metric).
@@ -27,7 +28,7 @@ from mmfuse.robustness.scores import relative_robustness
 from mmfuse.robustness.shapley import all_subsets, shapley, subset_key
 from mmfuse.robustness.text_noise import TEXT_NOISE, perturb_texts
 
-KINDS = (*IMAGE_NOISE, *TEXT_NOISE, "missing")
+KINDS = (*IMAGE_NOISE, *TEXT_NOISE, "missing", "missing_fraction")
 
 
 class NoisyTransform:
@@ -72,7 +73,9 @@ def check_settings(settings: DictConfig, modalities: tuple[str, ...]) -> dict[st
         if s.get("mode", "zeros") not in MODES:
             raise MMFuseError(f"robustness.mode={s.get('mode')!r}: expected one of {list(MODES)}")
         return s
-    expected = ("text",) if kind in TEXT_NOISE else ("image", "video")
+    if kind == "missing_fraction" and s.get("mode", "zeros") not in MODES:
+        raise MMFuseError(f"robustness.mode={s.get('mode')!r}: expected one of {list(MODES)}")
+    expected = ("text",) if kind in TEXT_NOISE else modalities if kind == "missing_fraction" else ("image", "video")
     modality = s.get("modality")
     if modality not in expected or modality not in modalities:
         have = [m for m in expected if m in modalities]
@@ -123,7 +126,17 @@ def run_robustness(rebuilt: Any, settings: DictConfig, validate: Callable[[Any],
                 "drop": {m: full - values[subset_key([p for p in players if p != m], players)] for m in players},
                 "shapley": shapley(players, lambda kept: values[subset_key(kept, players)])}
     curve: dict[str, list[float]] = {}
-    for level in s["levels"]:
+    if s["kind"] == "missing_fraction":
+        mode, means = s.get("mode", "zeros"), None
+        if mode == "mean":
+            with recording(model, [s["modality"]]) as means:
+                validate(rebuilt.datamodule())
+        for level in s["levels"]:
+            with removed(model, [s["modality"]], mode, seed, means, fraction=float(level)):
+                for key, value in validate(rebuilt.datamodule()).items():
+                    curve.setdefault(key, []).append(value)
+        base["mode"] = mode
+    for level in s["levels"] if s["kind"] != "missing_fraction" else ():
         for key, value in validate(perturbed_datamodule(rebuilt, s, float(level))).items():
             curve.setdefault(key, []).append(value)
     if metric not in curve:

@@ -44,6 +44,9 @@ def test_curve_table_cells_and_effective_robustness_exact(sweep):
     assert report.plotted["image_noise"] == {"fusion=late": pytest.approx([0.8, 0.6, 0.4]),
                                              "fusion=mul": pytest.approx([0.8, 0.7, 0.6])}
     assert (sweep / "robustness_image_noise.png").stat().st_size > 1000
+    # the figure's artists: one error-bar line per fusion, at the mean over seeds
+    assert report.lines["image_noise"] == {"fusion=late": pytest.approx([0.8, 0.6, 0.4]),
+                                           "fusion=mul": pytest.approx([0.8, 0.7, 0.6])}
     assert (sweep / "robustness_image_noise.md").read_text() == table
 
 
@@ -72,3 +75,29 @@ def test_missing_sections_table_and_the_cli(sweep, tmp_path_factory, capsys):
     assert main([str(sweep), "--robustness", "--baseline", "mul", "--no-plot"]) == 0
     out = capsys.readouterr().out
     assert "effective (vs fusion=mul)" in out and "| fusion=late | 2 | 0.800 ± 0.000 | 0.600 ± 0.000 | 0.400 ± 0.000 | 0.600 ± 0.000 | -0.300 ± 0.000 |" in out
+
+
+def test_relative_robustness_is_computed_from_the_curve_and_runs_without_a_section_are_counted(sweep, capsys):
+    # four levels, unequal drops: RR = (0.9+0.6)/2/3 + (0.6+0.5)/2/3 + (0.5+0.2)/2/3 = 0.55 (the stored value ignored)
+    other = sweep / "4levels"
+    write(other, "0", "late", 1, [0.9, 0.6, 0.5, 0.2], levels=(0.0, 0.1, 0.2, 0.3), relative_robustness=99.0)
+    (other / "plain").mkdir()
+    (other / "plain" / "results.json").write_text(json.dumps({"kind": "eval", "status": "completed", "metrics": {}}))
+    assert main([str(other), "--robustness", "--no-plot"]) == 0
+    out = capsys.readouterr().out
+    assert "| all | 1 | 0.900 | 0.600 | 0.500 | 0.200 | 0.550 | n/a |" in out
+    assert "(1 eval results.json without a robustness section left out)" in out
+
+
+def test_missing_sections_of_other_modalities_are_an_error(tmp_path):
+    for job, subsets in (("0", {"image+text": 0.9, "image": 0.5, "text": 0.6, "": 0.5}),
+                         ("1", {"video+text": 0.9, "video": 0.5, "text": 0.6, "": 0.5})):
+        d = tmp_path / job
+        d.mkdir()
+        mods = [m for m in subsets if m and "+" not in m]
+        section = {"name": "missing", "kind": "missing", "mode": "zeros", "metric": "val/acc", "subsets": subsets,
+                   "drop": dict.fromkeys(mods, 0.1), "shapley": dict.fromkeys(mods, 0.2), "seed": 0}
+        (d / "results.json").write_text(json.dumps({"kind": "eval", "status": "completed",
+                                                    "trained_with": ["fusion=mul"], "robustness": section}))
+    with pytest.raises(MMFuseError, match="subsets"):
+        robustness_report([tmp_path], None)

@@ -21,7 +21,7 @@ from typing import Any
 from mmfuse.compare.runs import parse_overrides
 from mmfuse.errors import MMFuseError
 from mmfuse.results import FILENAME
-from mmfuse.robustness.scores import effective_robustness
+from mmfuse.robustness.scores import effective_robustness, relative_robustness
 
 SEED = "seed"
 IGNORED = ("ckpt_path", "hydra.", "callbacks.", "+robustness", "robustness")
@@ -39,6 +39,7 @@ class Evaluated:
 class Report:
     markdown: dict[str, str] = field(default_factory=dict)   # name -> table
     plotted: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # name -> group -> mean curve
+    lines: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # name -> the plot's lines, read back
     skipped: int = 0
 
 
@@ -104,7 +105,7 @@ def curve_table(name: str, runs: list[Evaluated], baseline: str) -> tuple[str, d
     reference = next((g for g in groups if baseline in g.split() or g == baseline), None)
     rows = []
     for g, rs in groups.items():
-        rr = [r.section["relative_robustness"] for r in rs]
+        rr = [relative_robustness(r.section["curve"][metric]) for r in rs]
         er = ([effective_robustness(r.section["curve"][metric], means[reference]) for r in rs]
               if reference is not None else None)
         rows.append((statistics.fmean(rr), g, rs, rr, er))
@@ -126,6 +127,11 @@ def missing_table(name: str, runs: list[Evaluated]) -> str:
         groups.setdefault((r.section.get("mode", ""), r.group), []).append(r)
     subsets = list(runs[0].section["subsets"])
     modalities = list(runs[0].section["shapley"])
+    for r in runs:
+        if sorted(r.section["subsets"]) != sorted(subsets) or sorted(r.section["shapley"]) != sorted(modalities):
+            raise MMFuseError(f"robustness {name}: {r.source} has subsets {sorted(r.section['subsets'])}, "
+                              f"{runs[0].source} has {sorted(subsets)}; compare runs of the same modalities "
+                              "separately")
     head = ["mode", "group", "runs", *[f"kept {s or 'none'}" for s in subsets], *[f"drop {m}" for m in modalities],
             *[f"Shapley {m}" for m in modalities]]
     lines = [f"### {name}: {runs[0].section['metric']} with modalities removed", "",
@@ -139,7 +145,8 @@ def missing_table(name: str, runs: list[Evaluated]) -> str:
 
 
 def plot_curves(path: Path, name: str, levels: list[float], means: dict[str, list[float]],
-                stds: dict[str, list[float]], metric: str) -> None:
+                stds: dict[str, list[float]], metric: str) -> dict[str, list[float]]:
+    """Draws one error-bar line per group; returns label -> y data of the lines drawn, read back from the axes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -154,7 +161,9 @@ def plot_curves(path: Path, name: str, levels: list[float], means: dict[str, lis
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    drawn = {c.get_label(): [float(y) for y in c.lines[0].get_ydata()] for c in ax.containers}
     plt.close(fig)
+    return drawn
 
 
 def robustness_report(dirs: list[str | Path], out: Path | None, baseline: str = "fusion=late",
@@ -171,7 +180,7 @@ def robustness_report(dirs: list[str | Path], out: Path | None, baseline: str = 
             report.plotted[name] = means
             if out is not None and make_plot:
                 out.mkdir(parents=True, exist_ok=True)
-                plot_curves(out / f"robustness_{name}.png", name, rs[0].section["levels"], means, stds,
+                report.lines[name] = plot_curves(out / f"robustness_{name}.png", name, rs[0].section["levels"], means, stds,
                             rs[0].section["metric"])
         else:
             text = missing_table(name, rs)

@@ -1,9 +1,10 @@
 """``python -m mmfuse.explain ckpt_path=<ckpt> n=16``: explanations of ``n`` validation pairs.
 
-For each method of ``methods`` (``attention``: text-to-image attention, ``gradcam``: Grad-CAM on the image,
-``ig``: integrated gradients over the text tokens) a PNG per pair (``<method>_<k>.png``; for attention one
-panel per word, and the raw weights per layer and head ``[L, H, S, N]`` as ``attention_<k>.npy``), an ``index.html``
-that shows them side by side and ``explain.json``; with a ``logger=wandb`` run, the PNGs also go to W&B.
+For each method of ``methods`` (``attention``: text-to-image attention of cross_attention, co_attention or
+single_stream, ``gradcam``: Grad-CAM on the image, ``ig``: integrated gradients over the text tokens) a PNG
+per pair (``<method>_<k>.png``; for attention one panel per word, and the raw weights per layer and head
+``[L, H, S, N]`` as ``attention_<k>.npy``), an ``index.html`` that shows them side by side and ``explain.json``;
+with a ``logger=wandb`` run, the PNGs also go to W&B.
 
 The pairs: with labels (ITM), the first ``n`` positives at evenly spaced positions of the split; otherwise
 evenly spaced pairs. Checks, in explain.json per method:
@@ -73,7 +74,7 @@ def method_maps(module: Any, batch: dict[str, Any], method: str, ig_steps: int,
     if method == "intensity":
         return intensity_maps(images or [])
     if method == "attention":
-        return attention.rollout(attention.attention_maps(module, batch)).numpy()
+        return attention.summary(module, batch).numpy()
     if method == "gradcam":
         return gradcam(module, batch, target).numpy()
     return integrated_gradients(module, batch, target, ig_steps)[0].numpy()

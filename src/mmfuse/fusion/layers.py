@@ -70,18 +70,25 @@ class SelfBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         h = self.norm1(x)
-        x = x + self.attn(h, h, h, key_padding_mask=~mask, need_weights=False)[0]
+        recorded = _RECORDED.get()
+        if recorded is None:
+            x = x + self.attn(h, h, h, key_padding_mask=~mask, need_weights=False)[0]
+        else:
+            out, weights = self.attn(h, h, h, key_padding_mask=~mask, need_weights=True, average_attn_weights=False)
+            recorded.append((self, weights.detach()))
+            x = x + out
         return x + self.ffn(self.norm2(x))
 
 
-# set by ``recording_attention``: where the cross-attention blocks append their weights
+# set by ``recording_attention``: where the attention blocks append their weights
 _RECORDED: contextvars.ContextVar[list | None] = contextvars.ContextVar("_RECORDED", default=None)
 
 
 @contextlib.contextmanager
 def recording_attention() -> Iterator[list[tuple[nn.Module, torch.Tensor]]]:
-    """Within the block, every ``CrossBlock`` appends ``(block, weights [B, heads, T_q, T_c])`` (softmax over the
-    context tokens, per head) to the yielded list, in execution order. Outside it the blocks run as always
+    """Within the block, every ``CrossBlock`` (its cross-attention) and ``SelfBlock`` appends
+    ``(block, weights [B, heads, T_q, T_c])`` (softmax over the context tokens, per head) to the yielded list,
+    in execution order. Outside it the blocks run as always
     (``need_weights=False``); inside, ``nn.MultiheadAttention`` takes its weight-returning path, which gives
     the same outputs up to floating-point rounding."""
     recorded: list[tuple[nn.Module, torch.Tensor]] = []

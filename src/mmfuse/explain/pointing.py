@@ -1,41 +1,52 @@
 """The pointing game: how much of a map's mass lies on the object a word names.
 
 ``pointing_score(heat, mask) = Σ_{p ∈ mask} up(heat)_p / Σ_p up(heat)_p``, with ``heat [h, w]`` clipped at 0 and
-``up`` spreading each cell's mass uniformly over the pixels it covers (pixel ``(i, j)`` of an ``H × W`` mask
-lies in cell ``(⌊i h / H⌋, ⌊j w / W⌋)``, so sizes need not divide; the map is not finer than the mask); equivalently, each cell's mass times the
-share of its pixels inside the mask. A uniform map scores the mask's area share (``uniform_score``); an
-all-zero map is scored as uniform. ``hit``: the classic game, whether the map's peak cell covers a mask pixel.
+``up`` mapping the grid onto the ``H × W`` pixels by area: cell ``(r, c)`` covers the rectangle
+``[r H/h, (r+1) H/h) × [c W/w, (c+1) W/w)`` and its mass is spread uniformly over that area, so a pixel that
+a cell border cuts (``H % h != 0``) gets mass from both cells in proportion to its area in each; a map may be
+coarser or finer than the mask. Equivalently, ``Σ_cells heat · (share of the cell's area inside the mask) /
+Σ heat``. A uniform map therefore scores the mask's area share exactly (``uniform_score``), and an all-zero map
+is scored as uniform. ``hit``: the classic game, whether the map's peak cell (the first, on ties) covers part of
+the mask; a map without mass hits nothing.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-
-def cell_of(n_pixels: int, n_cells: int) -> np.ndarray:
-    return (np.arange(n_pixels) * n_cells) // n_pixels
+from mmfuse.errors import MMFuseError
 
 
-def cell_shares(mask: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """``(inside [h, w], pixels [h, w])``: per cell, the mask pixels it covers and all the pixels it covers."""
-    h, w = shape
-    rows, cols = cell_of(mask.shape[0], h), cell_of(mask.shape[1], w)
-    inside = np.zeros((h, w))
-    pixels = np.zeros((h, w))
-    np.add.at(inside, (rows[:, None], cols[None, :]), mask.astype(float))
-    np.add.at(pixels, (rows[:, None], cols[None, :]), 1.0)
-    return inside, pixels
+def coverage(n_pixels: int, n_cells: int) -> np.ndarray:
+    """``[n_cells, n_pixels]``: the share of each cell's extent that lies on each pixel (rows sum to 1).
+
+    In units of ``1 / n_cells`` pixel, cell ``c`` spans ``[c P, (c+1) P)`` and pixel ``i`` spans
+    ``[i C, (i+1) C)`` (``P = n_pixels``, ``C = n_cells``), so the overlaps are exact integers.
+    """
+    c = np.arange(n_cells)[:, None]
+    i = np.arange(n_pixels)[None, :]
+    overlap = np.minimum((c + 1) * n_pixels, (i + 1) * n_cells) - np.maximum(c * n_pixels, i * n_cells)
+    return np.clip(overlap, 0, None) / n_pixels
+
+
+def inside_share(heat_shape: tuple[int, int], mask: np.ndarray) -> np.ndarray:
+    """``[h, w]``: the share of each cell's area that lies inside ``mask``."""
+    rows, cols = coverage(mask.shape[0], heat_shape[0]), coverage(mask.shape[1], heat_shape[1])
+    return rows @ mask.astype(float) @ cols.T
+
+
+def checked(heat: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    heat, mask = np.asarray(heat, dtype=float), np.asarray(mask, dtype=bool)
+    if heat.ndim != 2 or mask.ndim != 2 or 0 in heat.shape or 0 in mask.shape:
+        raise MMFuseError(f"pointing: heat {heat.shape} and mask {mask.shape} must both be non-empty 2-D arrays")
+    return np.clip(heat, 0, None), mask
 
 
 def pointing_score(heat: np.ndarray, mask: np.ndarray) -> float:
-    heat = np.clip(np.asarray(heat, dtype=float), 0, None)
-    mask = np.asarray(mask, dtype=bool)
-    if heat.shape[0] > mask.shape[0] or heat.shape[1] > mask.shape[1]:
-        raise ValueError(f"a {heat.shape} map is finer than its {mask.shape} mask")
+    heat, mask = checked(heat, mask)
     if heat.sum() <= 0:
         return uniform_score(mask)
-    inside, pixels = cell_shares(mask, heat.shape)
-    return float((heat * inside / pixels).sum() / heat.sum())
+    return float((heat * inside_share(heat.shape, mask)).sum() / heat.sum())
 
 
 def uniform_score(mask: np.ndarray) -> float:
@@ -43,6 +54,7 @@ def uniform_score(mask: np.ndarray) -> float:
 
 
 def hit(heat: np.ndarray, mask: np.ndarray) -> bool:
-    heat = np.asarray(heat, dtype=float)
-    inside, _ = cell_shares(np.asarray(mask, dtype=bool), heat.shape)
-    return bool(inside.flat[int(np.argmax(heat))] > 0)
+    heat, mask = checked(heat, mask)
+    if heat.max() <= 0:
+        return False
+    return bool(inside_share(heat.shape, mask).flat[int(np.argmax(heat))] > 0)

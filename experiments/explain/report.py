@@ -5,7 +5,9 @@
 Reads every ``explain.json`` (``python -m mmfuse.explain``) under the directories and writes ``table.md`` and
 ``table.json``: per fusion and method, over the runs (seeds), mean ± sample std of the pointing score, of the
 uniform-map baseline, of their difference, and of the randomisation Spearman ρ, with PASS when the mean ρ is
-below ``mmfuse.explain.sanity.RANDOMISATION_PASS``.
+below ``mmfuse.explain.sanity.RANDOMISATION_PASS`` (FAIL at or above it). A method a run skipped is left out of
+that run; ``runs`` counts the runs that explained it (one run = one seed), and pointing is averaged over those
+runs that had object masks.
 """
 
 from __future__ import annotations
@@ -42,16 +44,27 @@ def collect(dirs: list[str]) -> dict[tuple[str, str], list[dict[str, Any]]]:
     return groups
 
 
+def order(key: tuple[str, str]) -> tuple[str, int, str]:
+    fusion, method = key
+    return str(fusion), METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method
+
+
+def verdict(rho: list[float]) -> str:
+    if not rho:
+        return "-"
+    return "PASS" if statistics.fmean(rho) < RANDOMISATION_PASS else "FAIL"
+
+
 def table(groups: dict[tuple[str, str], list[dict[str, Any]]]) -> tuple[str, list[dict[str, Any]]]:
     rows = []
-    for (fusion, method), entries in sorted(groups.items(), key=lambda kv: (kv[0][0], METHOD_ORDER.index(kv[0][1]))):
+    for (fusion, method), entries in sorted(groups.items(), key=lambda kv: order(kv[0])):
         pointed = [e for e in entries if e.get("pointing") is not None]
-        rho = [e["randomisation_spearman"] for e in entries]
+        rho = [e["randomisation_spearman"] for e in entries if e.get("randomisation_spearman") is not None]
         rows.append({
             "fusion": fusion, "method": method, "runs": len(entries),
             "pointing": [e["pointing"] for e in pointed], "uniform": [e["uniform"] for e in pointed],
             "gain": [e["pointing"] - e["uniform"] for e in pointed], "spearman": rho,
-            "randomisation": "PASS" if statistics.fmean(rho) < RANDOMISATION_PASS else "FAIL",
+            "randomisation": verdict(rho),
         })
     head = ["fusion", "method", "runs", "pointing", "uniform map", "pointing − uniform", "randomisation ρ", "check"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -108,7 +108,12 @@ def joint_rollout(weights: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def maps_and_summary(module: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(attention_maps [B, L, H, S, N], summary [B, S, N])`` from one forward pass."""
+    maps, rolled = _maps_and_joint(module, batch)
+    return maps, rollout(maps) if rolled is None else rolled
+
+
 def summary(module: Any, batch: dict[str, Any]) -> torch.Tensor:
     """``[B, S, N]``: the map drawn per word (see the module docstring)."""
-    maps, rolled = _maps_and_joint(module, batch)
-    return rollout(maps) if rolled is None else rolled
+    return maps_and_summary(module, batch)[1]

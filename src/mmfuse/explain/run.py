@@ -130,9 +130,13 @@ def explain(cfg: DictConfig) -> dict[str, Any]:
         if why is not None:
             report[method] = {"skipped": why}
             continue
-        maps = method_maps(module, batch, method, cfg.ig_steps, images)
+        raw = None
+        if method == "attention":  # the per-layer, per-head weights are saved too: one pass gives both
+            raw_t, summary_t = attention.maps_and_summary(module, batch)
+            raw, maps = raw_t.numpy(), summary_t.numpy()
+        else:
+            maps = method_maps(module, batch, method, cfg.ig_steps, images)
         random_maps = method_maps(random_module, batch, method, cfg.ig_steps, images)
-        raw = attention.attention_maps(module, batch).numpy() if method == "attention" else None
         if method == "ig":  # over the real tokens: padding is 0 in both and would count as agreement
             real = batch["attention_mask"].bool().numpy()
             rho = [rank_correlation(a[r], b[r]) for a, b, r in zip(maps, random_maps, real, strict=True)]
@@ -156,9 +160,6 @@ def explain(cfg: DictConfig) -> dict[str, Any]:
                     scores.append(pointing_score(heat, union))
                     uniform.append(uniform_score(union))
             else:
-                heat = maps[k][[t for t, w in enumerate(token_word[k]) if w is not None and t < maps[k].shape[0]]].mean(0)
-                side = int(round(np.sqrt(heat.shape[0])))
-                heat = heat.reshape(side, side) if side * side == heat.shape[0] else heat[None, :]
                 for word, mask in (masks[k] if masks is not None else {}).items():
                     wmap = word_map(maps[k], token_word[k], word)
                     if wmap is not None:
@@ -196,9 +197,13 @@ def log_to_wandb(cfg: DictConfig, out: Path, samples: list[dict[str, Any]], meth
         return
     import wandb
 
+    from mmfuse.loggers import wandb_credentials_present
+
     mode = settings.get("mode", "auto")
+    if mode == "auto":  # as the training logger: online with credentials, else offline
+        mode = "online" if wandb_credentials_present() else "offline"
     wb = wandb.init(project=settings.get("project", "mmfuse"), entity=settings.get("entity"), dir=str(out),
-                    job_type="explain", mode="offline" if mode == "auto" else mode, reinit=True)
+                    job_type="explain", mode=mode, reinit=True)
     wb.log({f"explain/{m}": [wandb.Image(str(out / s["pngs"][m]), caption=s["text"]) for s in samples if m in s["pngs"]]
             for m in methods})
     wb.finish()

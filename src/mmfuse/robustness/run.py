@@ -136,9 +136,10 @@ def run_robustness(rebuilt: Any, settings: DictConfig, validate: Callable[[Any],
                 for key, value in validate(rebuilt.datamodule()).items():
                     curve.setdefault(key, []).append(value)
         base["mode"] = mode
-    for level in s["levels"] if s["kind"] != "missing_fraction" else ():
-        for key, value in validate(perturbed_datamodule(rebuilt, s, float(level))).items():
-            curve.setdefault(key, []).append(value)
+    else:
+        for level in s["levels"]:
+            for key, value in validate(perturbed_datamodule(rebuilt, s, float(level))).items():
+                curve.setdefault(key, []).append(value)
     if metric not in curve:
         raise MMFuseError(f"robustness.metric={metric!r}: the evaluation logs {sorted(curve)}")
     return {**base, "modality": s["modality"], "levels": [float(v) for v in s["levels"]], "curve": curve,

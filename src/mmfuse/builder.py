@@ -178,12 +178,16 @@ def build_datamodule(cfg: DictConfig, module: MMFuseModule) -> MMFuseDataModule:
     return datamodule
 
 
+# callbacks whose ``monitor: null`` means the task's metric and direction (``last_checkpoint``'s means none)
+MONITORING_CALLBACKS = ("model_checkpoint", "early_stopping")
+
+
 def build_callbacks(cfg: DictConfig, task: Task) -> list[L.Callback]:
     callbacks = []
     for name, cb_cfg in (cfg.get("callbacks") or {}).items():
         if cb_cfg is None:
             continue
-        if name == "model_checkpoint" and cb_cfg.get("monitor") is None:
+        if name in MONITORING_CALLBACKS and cb_cfg.get("monitor") is None:
             callbacks.append(instantiate(cb_cfg, monitor=task.monitor, mode=task.monitor_mode))
         else:
             callbacks.append(instantiate(cb_cfg))

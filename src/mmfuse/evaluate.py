@@ -37,6 +37,7 @@ from mmfuse.checkpoint_file import load_checkpoint
 from mmfuse.eval_groups import GROUPS_ENV
 from mmfuse.frozen_weights import source_overrides
 from mmfuse.module import CONFIG_KEY
+from mmfuse.predictions import path_for
 from mmfuse.report import print_summary
 from mmfuse.results import RunRecord, failure_fields
 from mmfuse.runinfo import hydra_runtime, task_overrides, versions
@@ -225,11 +226,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
 
         metrics = validate(datamodule)
+        predictions = {"val": module.predictions.write("val", path_for(run_dir, "val"))}
         if eval_cfg.get("test", True) and datamodule.has_split("test"):
             trainer = make_trainer()
             trainer.test(module, datamodule=datamodule, verbose=False)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
-        extra = {}
+            predictions["test"] = module.predictions.write("test", path_for(run_dir, "test"))
+        extra = {"predictions": {s: str(p.relative_to(run_dir)) for s, p in predictions.items() if p is not None}}
         if eval_cfg.get("robustness") is not None:
             from mmfuse.robustness.run import run_robustness
 

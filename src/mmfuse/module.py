@@ -13,6 +13,7 @@ from mmfuse.errors import MMFuseError
 from mmfuse.eval_groups import CONFIG_KEY
 from mmfuse.frozen_weights import FROZEN_KEY, leave_out, put_back
 from mmfuse.model import FusionModel
+from mmfuse.predictions import PredictionLog
 from mmfuse.tasks.base import Task
 
 
@@ -47,6 +48,7 @@ class MMFuseModule(L.LightningModule):
         self.checkpoint_frozen_encoders = bool(checkpoint_frozen_encoders)
         self.last_validated_step = -1
         self._log_every_step = False
+        self.predictions = PredictionLog()  # the latest val / test pass's per-sample scores
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Lightning sets _current_fx_name around every hook, about 50 times a step; nn.Module's
@@ -89,6 +91,9 @@ class MMFuseModule(L.LightningModule):
     def _eval_step(self, stage: str, batch: dict[str, Any]) -> None:
         _, outputs = self.task.step(self.model, batch)
         self.task.update(stage, outputs, batch)
+        per_sample = getattr(self.task, "per_sample", None)  # a task of your own may not define it
+        if per_sample is not None:
+            self.predictions.add(stage, per_sample(outputs, batch))
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step("val", batch)
@@ -122,6 +127,12 @@ class MMFuseModule(L.LightningModule):
         fit_end = getattr(self.task, "fit_end", None)
         if fit_end is not None and self.trainer.is_global_zero:
             fit_end(self.trainer.default_root_dir, list(self.trainer.loggers))
+
+    def on_validation_epoch_start(self) -> None:
+        self.predictions.reset("val")
+
+    def on_test_epoch_start(self) -> None:
+        self.predictions.reset("test")
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch("val")

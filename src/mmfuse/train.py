@@ -19,6 +19,7 @@ from mmfuse.errors import MMFuseError
 from mmfuse.interrupts import interrupt_on_signals
 from mmfuse.loggers import finish_loggers, log_run_config
 from mmfuse.module import MMFuseModule
+from mmfuse.predictions import path_for
 from mmfuse.report import count_parameters, print_summary
 from mmfuse.results import FILENAME, CorruptRecord, RunRecord, failure_fields
 from mmfuse.resume import checkpoint_to_resume, keep_metrics_csv, previous_run, report_skipped
@@ -48,6 +49,30 @@ def final_metrics(trainer: L.Trainer, module: MMFuseModule, datamodule: Any, run
         trainer.test(module, datamodule=datamodule, verbose=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
     return dict(sorted(metrics.items()))
+
+
+def ended_by(trainer: L.Trainer) -> str:
+    """What ended training: ``early_stopping`` (an ``EarlyStopping`` callback stopped it), ``max_steps``,
+    ``max_epochs``, or ``other`` (``max_time``, a callback of one's own)."""
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    if any(isinstance(cb, EarlyStopping) and (cb.stopped_epoch > 0 or (trainer.should_stop and cb.wait_count >= cb.patience))
+           for cb in trainer.callbacks):
+        return "early_stopping"
+    if trainer.max_steps is not None and trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
+        return "max_steps"
+    if trainer.max_epochs is not None and trainer.max_epochs >= 0 and trainer.current_epoch >= trainer.max_epochs:
+        return "max_epochs"
+    return "other"
+
+
+def write_predictions(trainer: L.Trainer, module: MMFuseModule, run_dir: Path, stages: tuple[str, ...]) -> dict[str, str]:
+    """The final val / test passes' per-sample scores (``mmfuse.predictions``), one process only:
+    ``{stage: path relative to run_dir}``."""
+    if trainer.world_size > 1 or not trainer.is_global_zero:
+        return {}
+    written = {s: module.predictions.write(s, path_for(run_dir, s)) for s in stages}
+    return {s: str(p.relative_to(run_dir)) for s, p in written.items() if p is not None}
 
 
 @contextlib.contextmanager
@@ -106,6 +131,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
             trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
         metrics = final_metrics(trainer, module, datamodule, run_test=bool(cfg.get("test", True)),
                                 last_checkpoint=last)
+        predictions = write_predictions(trainer, module, run_dir, ("val", "test"))
     except BaseException as e:
         ended = failure_fields(e)
         if record is not None:
@@ -121,6 +147,8 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         checkpoint=_relative(str(last) if last.is_file() else None, run_dir),
         best_checkpoint=_relative(checkpoint_cb.best_model_path if checkpoint_cb else None, run_dir),
         monitor=module.task.monitor,
+        predictions=predictions,
+        ended_by=ended_by(trainer),
         epochs=trainer.current_epoch,
         steps=trainer.global_step,
         params=count_parameters(module),

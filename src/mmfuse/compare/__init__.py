@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmfuse.compare.plot import plot
-from mmfuse.compare.runs import Run, collect, varying_keys
+from mmfuse.compare.plot import group_id, plot
+from mmfuse.compare.runs import Run, collect, grouping_keys, varying_keys
+from mmfuse.compare.significance import TESTS, Report, significance, write_json
 from mmfuse.compare.table import (
     SEED_KEY,
     Aggregate,
@@ -47,9 +48,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-plot", action="store_true", help="skip compare.png")
     p.add_argument("--robustness", action="store_true",
                    help="the robustness curves / modality removal of eval.py +robustness=<name> runs")
-    p.add_argument("--baseline", default="late",
-                   help="with --robustness: the fusion (or key=value group) effective robustness is measured against "
-                        "(default: late, as MultiBench)")
+    p.add_argument("--baseline",
+                   help="the fusion (or key=value) row that --test tests every row against; with --robustness the "
+                        "one effective robustness is measured against (default there: late, as MultiBench)")
+    p.add_argument("--ci", type=float, metavar="LEVEL",
+                   help="add each row's Student-t interval over seeds at this level (e.g. 0.95); with --test, "
+                        "α = 1 − LEVEL (default 0.95)")
+    p.add_argument("--test", choices=TESTS,
+                   help="test each row against --baseline: welch (over seeds) or paired_bootstrap (over the "
+                        "evaluation samples, from each run's predictions/<split>.npz); Holm-corrected")
+    p.add_argument("--resamples", type=int, default=10_000, help="paired bootstrap resamples (default 10000)")
     return p.parse_args(argv)
 
 
@@ -60,11 +68,15 @@ class Comparison:
     rows: list[dict[str, Any]]
     aggregated: list[Aggregate]
     plotted: dict[tuple[str, str], tuple[float, float | None]] = field(default_factory=dict)
+    stats: Report | None = None
 
 
 def compare(runs: list[Run], metric: str | None = None, mode: str | None = None, out: Path | None = None,
-            x_key: str | None = None, make_plot: bool = True, title: str = "") -> Comparison:
-    """Write the table (and plot) for ``runs`` to ``out``; return the table, aggregates and plotted bars."""
+            x_key: str | None = None, make_plot: bool = True, title: str = "", confidence: float | None = None,
+            test: str | None = None, baseline: str | None = None, resamples: int = 10_000) -> Comparison:
+    """Write the table (and plot) for ``runs`` to ``out``; return the table, aggregates and plotted bars.
+    With ``confidence`` or ``test``: the intervals and tests of ``mmfuse.compare.significance`` too
+    (appended to the Markdown, ``compare_stats.json``, error bars and ``*`` marks on the plot)."""
     metric = metric or next((r.monitor for r in runs if r.monitor), None) or "val/acc"
     if not any(has_metric(r, metric) for r in runs):
         known = sorted({k for r in runs for k in r.metrics})
@@ -75,18 +87,31 @@ def compare(runs: list[Run], metric: str | None = None, mode: str | None = None,
     seeds_swept = SEED_KEY in varying_keys(runs)
     aggregated = aggregate(runs, metric)
     text = markdown(header, table, metric, mode, runs, aggregated if seeds_swept else None)
-    result = Comparison(text, header, table, aggregated)
+    stats = None
+    if confidence is not None or test is not None:
+        stats = significance(runs, metric, 0.95 if confidence is None else confidence, test, baseline, resamples)
+        if test is not None and mode == "min":
+            stats.markdown += "(lower is better: a negative Δ is an improvement)\n"
+        text += "\n" + stats.markdown
+    result = Comparison(text, header, table, aggregated, stats=stats)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         write_csv(out / "compare.csv", header, table)
         (out / "compare.md").write_text(text)
+        if stats is not None:
+            write_json(stats, out / "compare_stats.json")
         if make_plot and aggregated:
-            keys = [k for k in varying_keys(runs) if k != SEED_KEY]
+            keys = grouping_keys(runs)
             x = x_key or ("fusion" if "fusion" in keys or not keys else keys[0])
             for a in aggregated:  # the x key may be a group choice that was not overridden
                 a.group.setdefault(x, next((r.value(x) for r in runs if r.value(x) is not None), ""))
             not_plotted = sum(not has_metric(r, metric) for r in runs)
-            result.plotted = plot(aggregated, x, metric, out / "compare.png", title=title, not_plotted=not_plotted)
+            intervals = {group_id(r.group): r.ci for r in stats.rows if r.ci} if stats is not None else None
+            marked = {group_id(r.group) for r in stats.rows if r.holds} if stats is not None else None
+            legend = (f"* differs from {'='.join(stats.baseline)} ({stats.test}, Holm)"
+                      if stats is not None and stats.test else "")
+            result.plotted = plot(aggregated, x, metric, out / "compare.png", title=title, not_plotted=not_plotted,
+                                  intervals=intervals, marked=marked, legend=legend)
     return result
 
 
@@ -96,7 +121,8 @@ def _robustness(args: argparse.Namespace) -> int:
     if not args.dirs:
         raise MMFuseError("--robustness reads eval results: give the directories of eval.py +robustness=<name> runs")
     out = Path(args.out or args.dirs[0])
-    report = robustness_report(args.dirs, out, args.baseline if "=" in args.baseline else f"fusion={args.baseline}", not args.no_plot)
+    baseline = args.baseline or "late"
+    report = robustness_report(args.dirs, out, baseline if "=" in baseline else f"fusion={baseline}", not args.no_plot)
     print("\n".join(report.markdown.values()), end="")
     if report.skipped:
         print(f"\n({report.skipped} eval results.json without a robustness section left out)")
@@ -119,12 +145,13 @@ def main(argv: list[str] | None = None) -> int:
             runs = collect(args.dirs, kind=args.kind)
             out = Path(args.out or args.dirs[0])
             title = ", ".join(args.dirs)
-        text = compare(runs, args.metric, args.mode, out, args.x_key, not args.no_plot, title).markdown
+        text = compare(runs, args.metric, args.mode, out, args.x_key, not args.no_plot, title, args.ci, args.test,
+                       args.baseline, args.resamples).markdown
     except MMFuseError as e:
         print(f"mmfuse.compare: error: {e}", file=sys.stderr)
         return 2
     print(text, end="")
     if out is not None:
-        written = [p for p in ("compare.csv", "compare.md", "compare.png") if (out / p).exists()]
+        written = [p for p in ("compare.csv", "compare.md", "compare_stats.json", "compare.png") if (out / p).exists()]
         print(f"\nwritten to {out}: {', '.join(written)}")
     return 0

@@ -16,6 +16,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from mmfuse.errors import MMFuseError
 from mmfuse.results import FILENAME
+from mmfuse.tuning import FINAL, read_tuning
 
 
 @dataclass
@@ -29,6 +30,7 @@ class Run:
     error: str | None = None
     source: str = ""
     monitor: str | None = None
+    tuned: tuple[str, ...] = ()  # keys tuned per arm (hparams_search=per_fusion): shown, but not rows of their own
 
     def value(self, key: str) -> str | None:
         """An override's value, else the group option (``fusion`` is ``mul`` when not overridden)."""
@@ -59,10 +61,13 @@ def run_from_results(results: dict[str, Any], name: str, source: str) -> Run:
 
 
 def collect(dirs: list[str | Path], kind: str = "train") -> list[Run]:
-    """Every ``results.json`` of ``kind`` in or under ``dirs`` (a run directory, a sweep, or any folder)."""
+    """Every ``results.json`` of ``kind`` in or under ``dirs`` (a run directory, a sweep, or any folder).
+    A per-fusion tuning sweep (``tuning.json``, ``mmfuse.tuning``) gives its final runs only, with the grid's
+    keys marked as ``tuned``."""
     runs: list[Run] = []
     for d in dirs:
         root = Path(d)
+        tuning = read_tuning(root) if root.is_dir() else None
         if not root.exists():
             raise MMFuseError(f"{root}: no such directory. Fix: give a sweep or run directory, e.g. "
                               "outputs/multirun/<date>/<time>")
@@ -77,8 +82,13 @@ def collect(dirs: list[str | Path], kind: str = "train") -> list[Run]:
             if results.get("kind", "train") != kind:
                 continue
             rel = f.parent.relative_to(root)
+            if tuning is not None and rel.parts[:1] != (FINAL,):
+                continue  # a search run: it saw no test split and is not one of the reported seeds
             name = str(Path(root.name) / rel) if len(dirs) > 1 else (str(rel) if str(rel) != "." else root.name)
-            runs.append(run_from_results(results, name, str(f.parent)))
+            run = run_from_results(results, name, str(f.parent))
+            if tuning is not None:
+                run.tuned = tuple(tuning.get("grid") or ())
+            runs.append(run)
     if not runs:
         raise MMFuseError(f"no {kind} results.json in or under {', '.join(map(str, dirs))}. Fix: give the directory "
                           "of a sweep (outputs/multirun/<date>/<time>) or of runs")
@@ -91,6 +101,12 @@ def varying_keys(runs: list[Run]) -> list[str]:
     for r in runs:
         keys += [k for k in r.overrides if k not in keys]
     return [k for k in keys if len({r.value(k) for r in runs}) > 1]
+
+
+def grouping_keys(runs: list[Run]) -> list[str]:
+    """The varying keys that make a row of the aggregates: not ``seed``, not the keys tuned per arm."""
+    tuned = {k for r in runs for k in r.tuned}
+    return [k for k in varying_keys(runs) if k != "seed" and k not in tuned]
 
 
 def common_overrides(runs: list[Run]) -> dict[str, str]:

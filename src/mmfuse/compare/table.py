@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmfuse.compare.runs import Run, common_overrides, varying_keys
+from mmfuse.compare.runs import Run, common_overrides, grouping_keys, varying_keys
 
 SEED_KEY = "seed"
 
@@ -71,6 +71,9 @@ def markdown(header: list[str], table: list[dict[str, Any]], metric: str, mode: 
     lines = [f"{len(runs)} runs, {n_done} with {metric} ({'higher' if mode == 'max' else 'lower'} is better)"]
     if common:
         lines.append("common overrides: " + " ".join(f"`{k}={v}`" for k, v in common.items()))
+    tuned = sorted({k for r in runs for k in r.tuned})
+    if tuned:
+        lines.append(f"per-fusion tuning (tuning.json): the final runs only; {', '.join(tuned)} chosen on val per row")
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table:
         cells = [str(row[h]) if h == "wall_time_s" else _cell(row[h]) for h in header]
@@ -96,8 +99,9 @@ class Aggregate:
 
 
 def aggregate(runs: list[Run], metric: str) -> list[Aggregate]:
-    """Mean / std / count of ``metric`` over runs that differ only in ``seed`` (completed runs only)."""
-    keys = [k for k in varying_keys(runs) if k != SEED_KEY]
+    """Mean / std / count of ``metric`` over runs that differ only in ``seed`` (and the keys tuned per arm;
+    completed runs only)."""
+    keys = grouping_keys(runs)
     groups: dict[tuple, list[float]] = {}
     for r in runs:
         if has_metric(r, metric):

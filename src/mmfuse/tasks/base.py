@@ -8,7 +8,11 @@ Contract:
   model (for metrics that score the whole split, e.g. retrieval over every image-text pair);
 - ``compute(stage) -> {"<stage>/<name>": value}`` and ``reset(stage)``;
 - the builder passes ``image_dim`` / ``text_dim`` (the encoders' widths) besides ``in_dim``;
-- ``monitor``: the metric that picks the best checkpoint, and ``monitor_mode`` ("max" / "min").
+- ``monitor``: the metric that picks the best checkpoint, and ``monitor_mode`` ("max" / "min");
+- ``per_sample(outputs, batch) -> {column: [n]}`` or None: each evaluated sample's score on the metrics
+  that are means over samples (``acc``: 1 / 0; ``vqa_acc``), so that ``mean(column) = <stage>/<column>``,
+  plus what identifies the sample (``label``); written to ``predictions/<split>.npz``
+  (``mmfuse.predictions``) for ``python -m mmfuse.compare --test paired_bootstrap``.
 """
 
 from __future__ import annotations
@@ -39,3 +43,7 @@ class Task(nn.Module):
 
     def reset(self, stage: str) -> None:
         raise NotImplementedError
+
+    def per_sample(self, outputs: dict[str, Any], batch: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+        """None: this task's metrics are not means over samples (retrieval recalls, CIDEr)."""
+        return None

@@ -117,6 +117,14 @@ class ClassificationTask(Task):
             per_sample = F.binary_cross_entropy_with_logits(logits, target.float(), reduction="none").sum(1)
         return per_sample.mean(), {"logits": logits.detach(), "loss": per_sample.detach()}
 
+    def per_sample(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Per sample: ``acc`` (multiclass: 1 when the arg-max is the class; multilabel: the share of labels
+        right, whose mean over samples is the micro accuracy), ``label`` (multiclass: the class)."""
+        logits, target = outputs["logits"], batch["target"].long()
+        if self.label_type == "multiclass":
+            return {"acc": (logits.argmax(dim=1) == target).float(), "label": target}
+        return {"acc": (predict(logits) == target).float().mean(dim=1)}
+
     def update(self, stage: str, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> None:
         m, logits, target = self.metrics[stage], outputs["logits"], batch["target"].long()
         if self.label_type == "multiclass":

@@ -188,6 +188,16 @@ class ITMTask(Task):
                    "needs_tokens": bool(getattr(model.fusion, "needs_tokens", True))}
         return loss, outputs
 
+    def per_sample(self, outputs: dict[str, Any], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Per pair: ``acc`` (1 when the decision rule is right), ``logit``, ``label``, ``pair_type``."""
+        logits = outputs["logits"]
+        labels = (outputs["labels"] if "labels" in outputs else batch["label"]).long()
+        columns = {"acc": (predict(logits) == labels).float(), "logit": logits.float(), "label": labels}
+        pair_type = outputs.get("pair_type", batch.get("pair_type"))
+        if pair_type is not None:
+            columns["pair_type"] = pair_type.long()
+        return columns
+
     def update(self, stage: str, outputs: dict[str, Any], batch: dict[str, Any]) -> None:
         logits = outputs["logits"]
         labels = (outputs["labels"] if "labels" in outputs else batch["label"]).long()

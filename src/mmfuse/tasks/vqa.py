@@ -116,6 +116,10 @@ class VQATask(Task):
         accuracy = dense_targets(batch["answer_accuracy_ids"], batch["answer_accuracy"], self.num_answers)
         return per_sample.mean(), {"loss": per_sample.detach(), "acc": vqa_accuracy(logits.detach(), accuracy)}
 
+    def per_sample(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Per question: ``vqa_acc``, the official accuracy of the arg-max answer."""
+        return {"vqa_acc": outputs["acc"].float()}
+
     def update(self, stage: str, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> None:
         self.metrics[stage]["vqa_acc"].update(outputs["acc"])
         self.metrics[stage]["loss"].update(outputs["loss"])

@@ -90,8 +90,10 @@ CASES = {
                lambda t, m: torch.cat(split_means(t, m, [NT, NI]), -1)),
     "mult_3": ("mult", TRIPLE, {}, lambda x: torch.cat([x["text"].mask, x["video"].mask, x["audio"].mask], 1), 128,
                lambda t, m: torch.cat(split_means(t, m, [NT, TOKENS["video"], TOKENS["audio"]]), -1)),
-    "single_stream_cls": ("single_stream", PAIR, {}, lambda x: torch.cat([ones(1), x["text"].mask, x["image"].mask], 1),
-                          64, lambda t, m: t[:, 0]),
+    "single_stream_cls": ("single_stream", PAIR, {"pooling": "cls"},
+                          lambda x: torch.cat([ones(1), x["text"].mask, x["image"].mask], 1), 64, lambda t, m: t[:, 0]),
+    "single_stream_text": ("single_stream", PAIR, {}, lambda x: torch.cat([ones(1), x["text"].mask, x["image"].mask], 1),
+                           64, lambda t, m: split_means(t[:, 1:], m[:, 1:], [NT, NI])[0]),  # the config's default
     "single_stream_mean_3": ("single_stream", TRIPLE, {"pooling": "mean"},
                              lambda x: torch.cat([ones(1), x["text"].mask, x["video"].mask, x["audio"].mask], 1),
                              64, lambda t, m: masked_mean(t, m)),

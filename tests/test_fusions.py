@@ -403,7 +403,7 @@ def test_cross_attention_to_a_single_image_token_copies_its_value():
     ("mi", {"form": "tensor"}, "fusion.form"),
     ("cross_attention", {"readout": "max"}, "fusion.readout"),
     ("mfb", {"factor": 0}, "fusion.factor=0"),
-    ("single_stream", {"pooling": "max"}, "fusion.pooling='max' .* Fix: cls or mean"),
+    ("single_stream", {"pooling": "max"}, "fusion.pooling='max' .* Fix: cls, mean or text"),
 ])
 def test_bad_options_fail_with_a_message_naming_the_field(name, override, message):
     with pytest.raises(MMFuseError, match=message):

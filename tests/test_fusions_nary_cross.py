@@ -135,10 +135,11 @@ def test_single_stream_at_three_modalities_is_one_sequence_and_its_parameter_cou
     assert f(inputs(TRIPLE)).shape == (B, 8)
 
 
-@pytest.mark.parametrize("pooling", ["cls", "mean"])
+@pytest.mark.parametrize("pooling", ["cls", "mean", "text"])
 def test_single_stream_at_three_modalities_is_its_formula(pooling):
     """``H⁰ = [c; Y W + e_1 + PE; V W + e_2 + PE; A W + e_3 + PE]``, ``L`` self layers over all real tokens,
-    ``z = LN(H^L)_0`` (cls) or the mean of ``LN(H^L)`` over the real tokens (mean)."""
+    ``z = LN(H^L)_0`` (cls), the mean of ``LN(H^L)`` over the real tokens (mean) or over the real text
+    tokens, rows 1..7 (text)."""
     f = made(SingleStreamFusion, TRIPLE, dim=8, heads=2, layers=2, pooling=pooling)
     x = inputs(TRIPLE)
     h, masks = [f.cls.expand(B, 1, 8)], [torch.ones(B, 1, dtype=torch.bool)]
@@ -150,7 +151,7 @@ def test_single_stream_at_three_modalities_is_its_formula(pooling):
     for block in f.blocks:
         h = self_layer(block, h, mask)
     h = layer_norm(f.norm, h)
-    want = h[:, 0] if pooling == "cls" else masked_mean(h, mask)
+    want = {"cls": h[:, 0], "mean": masked_mean(h, mask), "text": masked_mean(h[:, 1:8], x["text"].mask)}[pooling]
     with torch.no_grad():
         assert torch.allclose(f(x), want, atol=ATOL)
 
@@ -234,9 +235,15 @@ def test_too_few_or_too_many_modalities_is_one_line(cls, names, message):
     (MulTFusion, {"dim": 10, "heads": 4}, "fusion.dim=10 must be divisible by fusion.heads=4"),
     (MulTFusion, {"layers": 0}, "fusion.layers=0 for MulTFusion: must be a positive integer, e.g. fusion.layers=2"),
     (SingleStreamFusion, {"dim": 2.5}, "fusion.dim=2.5 for single_stream: must be a positive integer"),
-    (SingleStreamFusion, {"pooling": "max"}, "fusion.pooling='max' is not an option of single_stream. Fix: cls or mean"),
+    (SingleStreamFusion, {"pooling": "max"}, "fusion.pooling='max' is not an option of single_stream. Fix: cls, mean or text"),
 ])
 def test_bad_options_at_three_modalities_are_one_line(cls, options, message):
     with pytest.raises(MMFuseError, match=re.escape(message)) as err:
         cls(dims_of(TRIPLE), **options)
     assert "\n" not in str(err.value)
+
+
+def test_single_stream_text_pooling_needs_a_text_modality():
+    with pytest.raises(MMFuseError, match=r"fusion.pooling=text reads out the text tokens, but the modalities are "
+                                          r"\['video', 'audio'\]. Fix: fusion.pooling=cls or mean"):
+        SingleStreamFusion(dims_of(("video", "audio")), dim=8, heads=2, pooling="text")

@@ -20,6 +20,8 @@ from mmfuse.fusion.layers import (
 )
 from mmfuse.types import EncoderOutput
 
+POOLINGS = ("cls", "mean", "text")
+
 
 class SingleStreamFusion(Fusion):
     """``H⁰ = [c; X_{m_1} W_{m_1} + e_1 + PE; …; X_{m_N} W_{m_N} + e_N + PE]``: a learned ``[CLS]`` vector
@@ -29,13 +31,17 @@ class SingleStreamFusion(Fusion):
     ``MODALITIES`` order (``layers.stream_order``: ``[c; text; image]`` for image + text, VisualBERT's
     order, ``e_1`` text and ``e_2`` image). ``L`` self-attention layers over the joint sequence (padded
     tokens of every modality masked out), then ``pooling="cls"``: ``z = LN(H^L)_0 ∈ R^d`` (the
-    ``[CLS]`` output, VisualBERT's), or ``pooling="mean"``: ``z = mean_t LN(H^L)_t`` over the real tokens.
+    ``[CLS]`` output, VisualBERT's), ``pooling="mean"``: ``z = mean_t LN(H^L)_t`` over the real tokens, or
+    ``pooling="text"``: ``z = mean_{s real} LN(H^L)_{1+s}``, the mean over the text tokens only (the words
+    after they attended to the other modalities, as ``cross_attention`` reads out).
     The layers themselves treat the joint sequence as a set: reordering a modality's tokens changes
     ``z`` only through the positions ``PE`` they carry. Trained from scratch, the ``[CLS]`` output hardly
     varies between samples at initialisation (the same ``c`` attends over sequences dominated by the
     shared modality and position embeddings; measured: 4x less spread than ``cross_attention``'s
-    output); the mean over tokens varies from the start, but did not learn faster on the shapes
-    benchmark either (experiments/fusion_zoo/README.md).
+    output). Trained from scratch on image-text matching, ``cls`` and ``mean`` stay at chance: both
+    read a summary dominated by the image's tokens (64 of 76 for the shapes images), which are the
+    same for an image's matched and mismatched caption; ``text`` learns, and is the config's default
+    (experiments/fusion_zoo/single_stream.md).
     Parameters: ``Σ_m (D_m + 1) d + d + N d + L (4d² + 4d + 4d + (d+1)f + (f+1)d) + 2d``, ``f = ff_mult d``
     (``(Dx + 1) d + (Dy + 1) d + 3d + …`` for two).
     """
@@ -47,8 +53,11 @@ class SingleStreamFusion(Fusion):
                  ff_mult: int = 2, dropout: float = 0.0, pooling: str = "cls") -> None:
         super().__init__(dims)
         require_positive("single_stream", dim=dim, layers=layers, ff_mult=ff_mult)
-        if pooling not in ("cls", "mean"):
-            raise MMFuseError(f"fusion.pooling={pooling!r} is not an option of single_stream. Fix: cls or mean")
+        if pooling not in POOLINGS:
+            raise MMFuseError(f"fusion.pooling={pooling!r} is not an option of single_stream. Fix: cls, mean or text")
+        if pooling == "text" and "text" not in dims:
+            raise MMFuseError(f"fusion.pooling=text reads out the text tokens, but the modalities are {list(dims)}. "
+                              "Fix: fusion.pooling=cls or mean")
         self.pooling = pooling
         check_heads(dim, heads)
         self.dim = self.out_dim = dim
@@ -72,8 +81,8 @@ class SingleStreamFusion(Fusion):
     def fused_tokens(self, inputs: Mapping[str, EncoderOutput]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(LN(H^L) [B, 1 + Σ_m T_m, d], mask)``: the joint sequence after the final norm, ``[CLS]``
         first, then each modality's tokens in ``self.order`` (text first); ``mask`` is True at ``[CLS]``
-        and at every real token. ``forward`` is its row 0 (``pooling=cls``) or its masked mean
-        (``pooling=mean``)."""
+        and at every real token. ``forward`` is its row 0 (``pooling=cls``), its masked mean
+        (``pooling=mean``) or the masked mean of the text rows ``1 … T_text`` (``pooling=text``)."""
         streams = []
         for k, m in enumerate(self.order):
             x = self.part("proj", m)(inputs[m].tokens)
@@ -91,4 +100,7 @@ class SingleStreamFusion(Fusion):
         tokens, mask = self.fused_tokens(inputs)
         if self.pooling == "mean":
             return masked_mean(tokens, mask)
+        if self.pooling == "text":  # text is first in self.order, right after [CLS]
+            n_text = inputs["text"].mask.shape[1]
+            return masked_mean(tokens[:, 1:1 + n_text], mask[:, 1:1 + n_text])
         return tokens[:, 0]

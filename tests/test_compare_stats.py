@@ -41,8 +41,9 @@ def test_welch_matches_scipy():
         assert ours.df == pytest.approx(theirs.df, rel=1e-12)
         assert ours.diff == pytest.approx(np.mean(a) - np.mean(b), abs=1e-15)
     assert welch([0.5], [0.4, 0.6]) is None
-    assert welch([0.5, 0.5], [0.5, 0.5]).p == 1.0  # no variance, equal means
-    assert welch([0.6, 0.6], [0.5, 0.5]).p == 0.0
+    assert welch([0.5, 0.5], [0.5, 0.5]) is None  # no spread over seeds on either side: nothing to test
+    assert welch([0.6, 0.6], [0.5, 0.5]) is None
+    assert welch([0.6, 0.6], [0.5, 0.7]).df == pytest.approx(1.0)  # one side varies: df = its n − 1
 
 
 def test_paired_bootstrap_interval_matches_scipy_and_the_exact_distribution():
@@ -76,6 +77,8 @@ def test_holm_step_down_by_hand():
     # sorted 0.005, 0.01, 0.03, 0.04 -> 4·0.005, 3·0.01, 2·0.03, max(0.06, 1·0.04)
     assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02], abs=1e-15)
     assert holm([0.5, 0.6]) == [1.0, 1.0]
+    assert holm([0.02, 0.02, 0.02]) == pytest.approx([0.06, 0.06, 0.06])  # ties: one adjusted value
+    assert holm([0.04, 0.001, 0.03]) == pytest.approx([0.06, 0.003, 0.06])  # monotone: 2·0.03 carried to 0.04
     assert holm([]) == []
 
 

@@ -103,3 +103,29 @@ def test_a_key_set_twice_is_refused_and_a_rerun_skips_every_job(tuned_sweep):
                   f"hydra.sweep.dir={sweep.parent / 'bad'}", outputs=sweep.parent)
     assert bad.returncode != 0
     assert "optimizer.lr is searched by hparams_search=per_fusion" in bad.stderr
+
+
+def test_the_command_line_wins_over_an_experiments_sweeper_params():
+    from types import SimpleNamespace
+
+    from hydra_plugins.mmfuse_sweepers.per_fusion import PerFusionSweeper
+
+    sweeper = PerFusionSweeper(grid={"optimizer": {"lr": [1e-3, 1e-2]}}, params={"fusion": "add,mul,concat", "seed": "1,2"})
+    sweeper.hydra_context = SimpleNamespace(config_loader=None)
+    arms, fixed = sweeper._arms_and_fixed(["fusion=late,mul", "data.num_train=10"])
+    assert arms == [["fusion=late"], ["fusion=mul"]] and fixed == ["data.num_train=10"] and sweeper.seeds == [1, 2]
+    clash = PerFusionSweeper(grid={"optimizer": {"lr": [1e-3]}}, params={"optimizer.lr": "1e-3,1e-2"})
+    clash.hydra_context = SimpleNamespace(config_loader=None)
+    with pytest.raises(MMFuseError, match="optimizer.lr is searched by hparams_search=per_fusion"):
+        clash._arms_and_fixed(["fusion=add"])
+
+
+@pytest.mark.slow  # shares the module's sweep
+def test_compare_finds_the_tuning_record_from_above_or_below_the_sweep(tuned_sweep):
+    from mmfuse.compare.runs import collect
+
+    sweep, _ = tuned_sweep
+    for where in (sweep.parent, sweep / "final"):
+        runs = collect([where])
+        assert len(runs) == 4 and all(r.tuned == ("optimizer.lr",) for r in runs)
+        assert all("/final/" in r.source for r in runs)

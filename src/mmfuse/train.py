@@ -56,8 +56,13 @@ def ended_by(trainer: L.Trainer) -> str:
     ``max_epochs``, or ``other`` (``max_time``, a callback of one's own)."""
     from lightning.pytorch.callbacks import EarlyStopping
 
-    if any(isinstance(cb, EarlyStopping) and (cb.stopped_epoch > 0 or (trainer.should_stop and cb.wait_count >= cb.patience))
-           for cb in trainer.callbacks):
+    def stopped(cb: EarlyStopping) -> bool:
+        reason = getattr(cb, "stopping_reason", None)  # Lightning >= 2.5: also a stop in epoch 0 (non-finite metric)
+        if reason is not None:
+            return reason.value != 0  # EarlyStoppingReason.NOT_STOPPED
+        return cb.stopped_epoch > 0 or (trainer.should_stop and cb.wait_count >= cb.patience)
+
+    if any(isinstance(cb, EarlyStopping) and stopped(cb) for cb in trainer.callbacks):
         return "early_stopping"
     if trainer.max_steps is not None and trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
         return "max_steps"

@@ -44,6 +44,7 @@ class Arm:
     search: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] | None = None
     final: list[str] = field(default_factory=list)
+    final_status: list[str] = field(default_factory=list)
 
 
 def flatten_grid(grid: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -98,7 +99,8 @@ def select(scores: Sequence[float | None], direction: str) -> int | None:
 
 
 def check_no_overlap(grid_keys: Sequence[str], arguments: Sequence[str]) -> None:
-    """A key searched by the grid may not also be set on the command line (the grid would silently win)."""
+    """A key searched by the grid may not also be set on the command line or in the config's sweeper params
+    (the grid would silently win); ``arguments`` are overrides or bare keys."""
     for a in arguments:
         key = a.split("=", 1)[0].lstrip("+~")
         if key in grid_keys:
@@ -135,7 +137,8 @@ def write_summary(sweep_dir: Path, grid: Mapping[str, Sequence[Any]], metric: st
     path.write_text(json.dumps({
         "grid": {k: list(v) for k, v in grid.items()}, "metric": metric, "direction": direction,
         "search_seed": search_seed, "seeds": list(seeds), "fixed_overrides": list(fixed),
-        "arms": [{"overrides": a.overrides, "name": a.name, "search": a.search, "best": a.best, "final": a.final}
+        "arms": [{"overrides": a.overrides, "name": a.name, "search": a.search, "best": a.best, "final": a.final,
+                  "final_status": a.final_status}
                  for a in arms],
     }, indent=2) + "\n")
     return path

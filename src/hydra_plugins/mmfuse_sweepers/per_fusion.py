@@ -46,10 +46,14 @@ class PerFusionSweeper(Sweeper):
         if "seed" in params:
             self.seeds = [int(s) for s in str(params.pop("seed")).split(",")]
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        overrides = parser.parse_overrides([f"{k}={v}" for k, v in params.items()] + list(arguments))
+        merged: dict[str, Any] = {}  # by key, the command line last: it wins over the config's params (as Hydra's)
+        for o in parser.parse_overrides([f"{k}={v}" for k, v in params.items()] + list(arguments)):
+            merged[o.get_key_element()] = o
+        from mmfuse.tuning import check_no_overlap
+
+        check_no_overlap(list(self.grid), list(merged))
         swept, fixed = [], []
-        for o in overrides:
-            key = o.get_key_element()
+        for key, o in merged.items():
             if o.is_sweep_override():
                 if not o.is_discrete_sweep():
                     raise ValueError(f"hparams_search=per_fusion: {key} must be a list of values (a,b,c or glob), "
@@ -64,10 +68,10 @@ class PerFusionSweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> Any:
         from mmfuse.cli import optimized_metric
+        from mmfuse.errors import MMFuseError
         from mmfuse.tuning import (
             Arm,
             arm_name,
-            check_no_overlap,
             final_job,
             grid_points,
             resolve_direction,
@@ -78,12 +82,14 @@ class PerFusionSweeper(Sweeper):
         )
 
         points = grid_points(self.grid)
-        check_no_overlap(list(self.grid), [a for a in arguments])
         arm_overrides, fixed = self._arms_and_fixed(arguments)
         arms = [Arm(a, arm_name(a)) for a in arm_overrides]
         if len({a.name for a in arms}) != len(arms):
             raise ValueError(f"hparams_search=per_fusion: two arms get the same directory name ({[a.name for a in arms]})")
         metric = optimized_metric(self.config)
+        if not str(metric).startswith("val/"):
+            raise MMFuseError(f"hparams_search=per_fusion selects on the validation split, but optimized_metric={metric}. "
+                              "Fix: optimized_metric=val/<metric> (the test split is for the final runs only)")
         direction = resolve_direction(self.direction, metric)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -112,6 +118,11 @@ class PerFusionSweeper(Sweeper):
                 arm.final.append(f"final/{arm.name}/seed{seed}")
         if finals:
             returns.append(self._launch([j for _, j in finals], len(jobs)))
+            for arm in arms:
+                arm.final_status = [run_results(sweep_dir / d).get("status", "missing") for d in arm.final]
+            failed = [d for arm in arms for d, st in zip(arm.final, arm.final_status) if st != "completed"]
+            if failed:
+                log.error("per-fusion tuning: final runs not completed (see their results.json): %s", ", ".join(failed))
         path = write_summary(sweep_dir, self.grid, metric, direction, self.seeds, self.search_seed, fixed, arms)
         for arm in arms:
             if arm.best is not None:

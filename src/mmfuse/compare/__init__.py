@@ -78,6 +78,9 @@ def compare(runs: list[Run], metric: str | None = None, mode: str | None = None,
     With ``confidence`` or ``test``: the intervals and tests of ``mmfuse.compare.significance`` too
     (appended to the Markdown, ``compare_stats.json``, error bars and ``*`` marks on the plot)."""
     metric = metric or next((r.monitor for r in runs if r.monitor), None) or "val/acc"
+    if baseline and test is None and confidence is not None:
+        print("mmfuse.compare: --baseline is used by --test (and --robustness); add --test welch or paired_bootstrap",
+              file=sys.stderr)
     if not any(has_metric(r, metric) for r in runs):
         known = sorted({k for r in runs for k in r.metrics})
         if known:
@@ -103,11 +106,17 @@ def compare(runs: list[Run], metric: str | None = None, mode: str | None = None,
         if make_plot and aggregated:
             keys = grouping_keys(runs)
             x = x_key or ("fusion" if "fusion" in keys or not keys else keys[0])
-            for a in aggregated:  # the x key may be a group choice that was not overridden
-                a.group.setdefault(x, next((r.value(x) for r in runs if r.value(x) is not None), ""))
-            not_plotted = sum(not has_metric(r, metric) for r in runs)
             intervals = {group_id(r.group): r.ci for r in stats.rows if r.ci} if stats is not None else None
             marked = {group_id(r.group) for r in stats.rows if r.holds} if stats is not None else None
+            for a in aggregated:  # the x key may be a group choice that was not overridden
+                if x not in a.group:
+                    old_id = group_id(a.group)
+                    a.group[x] = next((r.value(x) for r in runs if r.value(x) is not None), "")
+                    if intervals is not None and old_id in intervals:  # keyed as the statistics' rows are
+                        intervals[group_id(a.group)] = intervals.pop(old_id)
+                    if marked is not None and old_id in marked:
+                        marked.add(group_id(a.group))
+            not_plotted = sum(not has_metric(r, metric) for r in runs)
             legend = (f"* differs from {'='.join(stats.baseline)} ({stats.test}, Holm)"
                       if stats is not None and stats.test else "")
             result.plotted = plot(aggregated, x, metric, out / "compare.png", title=title, not_plotted=not_plotted,

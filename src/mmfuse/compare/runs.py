@@ -67,7 +67,7 @@ def collect(dirs: list[str | Path], kind: str = "train") -> list[Run]:
     runs: list[Run] = []
     for d in dirs:
         root = Path(d)
-        tuning = read_tuning(root) if root.is_dir() else None
+        tunings: dict[Path, dict[str, Any] | None] = {}
         if not root.exists():
             raise MMFuseError(f"{root}: no such directory. Fix: give a sweep or run directory, e.g. "
                               "outputs/multirun/<date>/<time>")
@@ -82,7 +82,8 @@ def collect(dirs: list[str | Path], kind: str = "train") -> list[Run]:
             if results.get("kind", "train") != kind:
                 continue
             rel = f.parent.relative_to(root)
-            if tuning is not None and rel.parts[:1] != (FINAL,):
+            sweep, tuning = tuning_sweep(f.parent, tunings)
+            if tuning is not None and f.parent.resolve().relative_to(sweep).parts[:1] != (FINAL,):
                 continue  # a search run: it saw no test split and is not one of the reported seeds
             name = str(Path(root.name) / rel) if len(dirs) > 1 else (str(rel) if str(rel) != "." else root.name)
             run = run_from_results(results, name, str(f.parent))
@@ -93,6 +94,17 @@ def collect(dirs: list[str | Path], kind: str = "train") -> list[Run]:
         raise MMFuseError(f"no {kind} results.json in or under {', '.join(map(str, dirs))}. Fix: give the directory "
                           "of a sweep (outputs/multirun/<date>/<time>) or of runs")
     return runs
+
+
+def tuning_sweep(run_dir: Path, seen: dict[Path, Any]) -> tuple[Path | None, dict[str, Any] | None]:
+    """The per-fusion tuning sweep that holds ``run_dir`` (the nearest folder above it with a ``tuning.json``,
+    ``mmfuse.tuning``) and its record, or ``(None, None)``."""
+    for folder in run_dir.resolve().parents:
+        if folder not in seen:
+            seen[folder] = read_tuning(folder)
+        if seen[folder] is not None:
+            return folder, seen[folder]
+    return None, None
 
 
 def varying_keys(runs: list[Run]) -> list[str]:

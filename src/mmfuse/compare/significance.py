@@ -103,6 +103,8 @@ def sample_scores(row: Row, metric: str) -> tuple[np.ndarray, np.ndarray | None]
             raise MMFuseError(f"{path}: no per-sample column {column!r} for {metric} (it has {have}). Fix: --metric "
                               f"{split}/<one of those>, or --test welch (over seeds)")
         values = data[column].astype(np.float64)
+        if not np.isfinite(values).all():
+            raise MMFuseError(f"{path}: column {column!r} has non-finite values; re-run eval.py on that run")
         if abs(float(values.mean()) - run.metrics[metric]) > METRIC_TOLERANCE:
             raise MMFuseError(f"{path}: its mean {column} is {values.mean():.6f} but {run.source}/results.json records "
                               f"{metric} = {run.metrics[metric]:.6f}: the file is from another pass. Fix: re-run "
@@ -157,7 +159,8 @@ def significance(runs: list[Run], metric: str, confidence: float = 0.95, test: s
             elif test == "welch":
                 w = welch(row.values, base.values)
                 if w is None:
-                    row.note = "needs >= 2 seeds on both sides"
+                    row.note = ("needs >= 2 seeds on both sides" if min(len(row.values), len(base.values)) < 2
+                                else "no spread over seeds on either side")
                 else:
                     row.diff, row.p = w.diff, w.p
             else:

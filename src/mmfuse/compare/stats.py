@@ -70,14 +70,14 @@ class Welch:
 
 
 def welch(a: Sequence[float], b: Sequence[float]) -> Welch | None:
-    """Welch's t-test (see the module docstring); None when either side has fewer than 2 values. Two sides
-    with no variance give p = 1 for equal means and p = 0 otherwise."""
+    """Welch's t-test (see the module docstring); None when either side has fewer than 2 values, or when
+    neither side varies over its seeds (no spread to test against: accuracies on a small split tie)."""
     if len(a) < 2 or len(b) < 2:
         return None
     diff = statistics.fmean(a) - statistics.fmean(b)
     va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
     if va + vb == 0.0:
-        return Welch(diff, math.copysign(math.inf, diff) if diff else 0.0, math.nan, 0.0 if diff else 1.0)
+        return None
     t = diff / math.sqrt(va + vb)
     df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
     return Welch(diff, t, df, min(1.0, 2.0 * _t_sf(abs(t), df)))
@@ -94,7 +94,7 @@ class Bootstrap:
 
 
 def paired_bootstrap(x: np.ndarray, y: np.ndarray, confidence: float = 0.95, resamples: int = 10_000,
-                     seed: int = 0, chunk: int = 500) -> Bootstrap:
+                     seed: int = 0, chunk: int | None = None) -> Bootstrap:
     """The paired bootstrap of ``mean(x − y)`` (see the module docstring), seeded: the same inputs give the
     same interval and p-value."""
     _check_confidence(confidence)
@@ -107,6 +107,7 @@ def paired_bootstrap(x: np.ndarray, y: np.ndarray, confidence: float = 0.95, res
     d = x - y
     n, observed = len(d), float(d.mean())
     rng = np.random.default_rng(seed)
+    chunk = chunk or max(1, 2**22 // n)  # resamples at a time: about 32 MB of indices
     means = np.concatenate([d[rng.integers(0, n, size=(min(chunk, resamples - s), n))].mean(axis=1)
                             for s in range(0, resamples, chunk)])
     low, high = np.quantile(means, [(1.0 - confidence) / 2.0, (1.0 + confidence) / 2.0])

@@ -116,6 +116,7 @@ class PerFusionSweeper(Sweeper):
             for seed in self.seeds:
                 finals.append((arm, [*fixed, *final_job(arm, points[best], seed)]))
                 arm.final.append(f"final/{arm.name}/seed{seed}")
+        write_summary(sweep_dir, self.grid, metric, direction, self.seeds, self.search_seed, fixed, arms)  # the search's
         if finals:
             returns.append(self._launch([j for _, j in finals], len(jobs)))
             for arm in arms:

@@ -407,6 +407,7 @@ def test_the_readme_table_gives_these_overrides():
         "mutan": ["fusion.input_activation=identity"],
         "nl_gate": ["fusion.form=multibench", "fusion.image_tokens=64"],
         "qformer": ["fusion.text_in_self_attention=false"],
+        "single_stream": ["fusion.pooling=text"],
     }
 
 

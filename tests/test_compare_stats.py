@@ -218,3 +218,22 @@ def test_a_predictions_file_that_is_not_one_is_refused(tmp_path):
     with pytest.raises(MMFuseError, match="not a predictions file"):  # pickled objects are never loaded
         read(obj)
 
+
+
+def test_holm_decides_what_holds_not_the_raw_p_value():
+    from mmfuse.compare.runs import Run
+    from mmfuse.compare.significance import significance
+
+    def run(fusion: str, seed: int, acc: float) -> Run:
+        return Run(name=f"{fusion}{seed}", status="completed", overrides={"fusion": fusion, "seed": str(seed)},
+                   metrics={"val/acc": acc})
+
+    base = [0.50, 0.51, 0.52]
+    runs = [run("mul", s, v) for s, v in enumerate(base)]
+    runs += [run("add", s, v + 0.022) for s, v in enumerate([0.50, 0.515, 0.52])]  # Welch p = 0.047
+    runs += [run("late", s, v + 0.025) for s, v in enumerate([0.50, 0.515, 0.52])]  # Welch p = 0.033
+    rows = {r.group["fusion"]: r for r in significance(runs, "val/acc", 0.95, "welch", "mul").rows}
+    assert rows["add"].p == pytest.approx(0.04695498519047682) and rows["late"].p == pytest.approx(0.03297541884569089)
+    assert rows["late"].p_holm == pytest.approx(2 * rows["late"].p) and rows["add"].p_holm == pytest.approx(2 * rows["late"].p)
+    assert not rows["add"].holds and not rows["late"].holds  # each p < 0.05, but 0.066 after Holm
+    assert rows["late"].aggregate.ci == pytest.approx(t_interval([0.525, 0.54, 0.545], 0.95))

@@ -27,7 +27,8 @@ def path_for(run_dir: str | Path, split: str) -> Path:
 
 
 class PredictionLog:
-    """The per-sample columns of one evaluation pass per stage, collected batch by batch on the CPU."""
+    """The per-sample columns of one evaluation pass per stage, collected batch by batch where they were
+    computed (no device-to-host copy per batch) and moved to the CPU once, by ``columns``."""
 
     def __init__(self) -> None:
         self._parts: dict[str, list[dict[str, torch.Tensor]]] = {}
@@ -37,14 +38,14 @@ class PredictionLog:
 
     def add(self, stage: str, columns: dict[str, torch.Tensor] | None) -> None:
         if columns is not None:
-            self._parts.setdefault(stage, []).append({k: v.detach().cpu() for k, v in columns.items()})
+            self._parts.setdefault(stage, []).append({k: v.detach() for k, v in columns.items()})
 
     def columns(self, stage: str) -> dict[str, np.ndarray]:
         parts = self._parts.get(stage) or []
         if not parts:
             return {}
         names = list(parts[0])
-        out = {k: torch.cat([p[k] for p in parts]).numpy() for k in names}
+        out = {k: torch.cat([p[k] for p in parts]).cpu().numpy() for k in names}
         out["index"] = np.arange(len(out[names[0]]), dtype=np.int64)
         return out
 

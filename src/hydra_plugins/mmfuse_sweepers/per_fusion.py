@@ -7,6 +7,7 @@ whenever it scans for plugins, so it imports nothing heavy at module level.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from pathlib import Path
 from typing import Any
@@ -61,8 +62,6 @@ class PerFusionSweeper(Sweeper):
                 swept.append([f"{key}={v}" for v in o.sweep_string_iterator()])
             else:
                 fixed.append(f"{key}={o.get_value_element_as_str()}")
-        import itertools
-
         arms = [list(a) for a in itertools.product(*swept)] if swept else [[]]
         return arms, fixed
 

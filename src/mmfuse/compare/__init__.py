@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmfuse.compare.plot import group_id, plot
+from mmfuse.compare.plot import plot
 from mmfuse.compare.runs import Run, collect, grouping_keys, varying_keys
 from mmfuse.compare.significance import TESTS, Report, significance, write_json
 from mmfuse.compare.table import (
@@ -92,7 +92,8 @@ def compare(runs: list[Run], metric: str | None = None, mode: str | None = None,
     text = markdown(header, table, metric, mode, runs, aggregated if seeds_swept else None)
     stats = None
     if confidence is not None or test is not None:
-        stats = significance(runs, metric, 0.95 if confidence is None else confidence, test, baseline, resamples)
+        stats = significance(runs, metric, 0.95 if confidence is None else confidence, test, baseline, resamples,
+                             aggregated=aggregated)
         if test is not None and mode == "min":
             stats.markdown += "(lower is better: a negative Δ is an improvement)\n"
         text += "\n" + stats.markdown
@@ -106,21 +107,13 @@ def compare(runs: list[Run], metric: str | None = None, mode: str | None = None,
         if make_plot and aggregated:
             keys = grouping_keys(runs)
             x = x_key or ("fusion" if "fusion" in keys or not keys else keys[0])
-            intervals = {group_id(r.group): r.ci for r in stats.rows if r.ci} if stats is not None else None
-            marked = {group_id(r.group) for r in stats.rows if r.holds} if stats is not None else None
             for a in aggregated:  # the x key may be a group choice that was not overridden
-                if x not in a.group:
-                    old_id = group_id(a.group)
-                    a.group[x] = next((r.value(x) for r in runs if r.value(x) is not None), "")
-                    if intervals is not None and old_id in intervals:  # keyed as the statistics' rows are
-                        intervals[group_id(a.group)] = intervals.pop(old_id)
-                    if marked is not None and old_id in marked:
-                        marked.add(group_id(a.group))
+                a.group.setdefault(x, next((r.value(x) for r in runs if r.value(x) is not None), ""))
             not_plotted = sum(not has_metric(r, metric) for r in runs)
             legend = (f"* differs from {'='.join(stats.baseline)} ({stats.test}, Holm)"
                       if stats is not None and stats.test else "")
             result.plotted = plot(aggregated, x, metric, out / "compare.png", title=title, not_plotted=not_plotted,
-                                  intervals=intervals, marked=marked, legend=legend)
+                                  intervals=stats is not None, legend=legend)
     return result
 
 

@@ -8,17 +8,13 @@ from pathlib import Path
 from mmfuse.compare.table import Aggregate
 
 
-def group_id(group: dict[str, str]) -> tuple:
-    return tuple(sorted(group.items()))
-
-
 def plot(aggregated: list[Aggregate], x_key: str, metric: str, path: Path, title: str = "",
-         not_plotted: int = 0, intervals: dict[tuple, tuple[float, float]] | None = None,
-         marked: set[tuple] | None = None, legend: str = "") -> dict[tuple[str, str], tuple[float, float | None]]:
+         not_plotted: int = 0, intervals: bool = False,
+         legend: str = "") -> dict[tuple[str, str], tuple[float, float | None]]:
     """Draw the bars to ``path`` (PNG); returns what was drawn: ``{(x, hue): (height, error bar or None)}``.
 
-    ``intervals`` (``{group_id: (low, high)}``, ``--ci``) replace the standard deviations as error bars;
-    the groups in ``marked`` (differences that hold against the baseline) get a ``*`` above the bar."""
+    ``intervals`` (``--ci``): the aggregates' ``ci`` replace the standard deviations as error bars; an
+    aggregate whose difference from the baseline ``holds`` gets a ``*`` above its bar."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -34,8 +30,8 @@ def plot(aggregated: list[Aggregate], x_key: str, metric: str, path: Path, title
         pos = [i + (j - (len(hues) - 1) / 2) * width for i, x in enumerate(xs) if x in cells]
         present = [x for x in xs if x in cells]
         means = [cells[x].mean for x in present]
-        if intervals is not None:
-            spans = [intervals.get(group_id(cells[x].group)) for x in present]
+        if intervals:
+            spans = [cells[x].ci for x in present]
             errs = [[m - s[0] if s else 0.0 for m, s in zip(means, spans)],
                     [s[1] - m if s else 0.0 for m, s in zip(means, spans)]]
             has_err = any(s is not None for s in spans)
@@ -44,15 +40,15 @@ def plot(aggregated: list[Aggregate], x_key: str, metric: str, path: Path, title
             has_err = any(cells[x].std is not None for x in present)
         ax.bar(pos, means, width, yerr=errs if has_err else None, capsize=3, label=hue or None)
         for p, x in zip(pos, present):
-            if marked and group_id(cells[x].group) in marked:
-                top = intervals.get(group_id(cells[x].group), (0, cells[x].mean))[1] if intervals else cells[x].mean
+            if cells[x].holds:
+                top = cells[x].ci[1] if intervals and cells[x].ci else cells[x].mean
                 ax.annotate("*", (p, top), ha="center", va="bottom", fontsize=12)
         drawn.update({(x, hue): (cells[x].mean, cells[x].std) for x in present})
     ax.set_xticks(range(len(xs)), xs)
     ax.set_xlabel(x_key)
     ax.set_ylabel(metric)
     seeds = max((a.n for a in aggregated), default=1)
-    spread = "CI" if intervals is not None else "std"
+    spread = "CI" if intervals else "std"
     subtitle = f"mean ± {spread} over {seeds} seeds" if seeds > 1 else "one run each"
     if legend:
         subtitle += f"; {legend}"
@@ -61,7 +57,7 @@ def plot(aggregated: list[Aggregate], x_key: str, metric: str, path: Path, title
     ax.set_title(f"{title}\n{subtitle}" if title else subtitle, fontsize=9)
     if any(hues):
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title=_hue_title(aggregated, x_key))
-    spans = [intervals.get(group_id(a.group)) if intervals else None for a in aggregated]
+    spans = [a.ci if intervals else None for a in aggregated]
     low = min((s[0] if s else a.mean - (a.std or 0.0) for a, s in zip(aggregated, spans)), default=0.0)
     high = max((s[1] if s else a.mean + (a.std or 0.0) for a, s in zip(aggregated, spans)), default=1.0)
     pad = 0.1 * (high - low or 1.0)

@@ -19,15 +19,14 @@ p-value is below ``α = 1 − confidence``.
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from mmfuse.compare.runs import Run, grouping_keys
+from mmfuse.compare.runs import Run
 from mmfuse.compare.stats import holm, paired_bootstrap, t_interval, welch
-from mmfuse.compare.table import has_metric
+from mmfuse.compare.table import Aggregate, aggregate
 from mmfuse.errors import MMFuseError
 from mmfuse.predictions import path_for, read
 
@@ -38,20 +37,36 @@ METRIC_TOLERANCE = 1e-5
 
 @dataclass
 class Row:
-    group: dict[str, str]
-    values: list[float]
-    runs: list[Run]
-    ci: tuple[float, float] | None = None
+    aggregate: Aggregate  # the row's runs over seeds (``table.aggregate``); gets ``ci`` and ``holds``
     diff: float | None = None  # row − baseline (the test's statistic: means over seeds, or over samples)
     p: float | None = None
     p_holm: float | None = None
-    holds: bool = False
     is_baseline: bool = False
     note: str = ""
 
     @property
+    def group(self) -> dict[str, str]:
+        return self.aggregate.group
+
+    @property
+    def runs(self) -> list[Run]:
+        return self.aggregate.runs
+
+    @property
+    def values(self) -> list[float]:
+        return self.aggregate.values
+
+    @property
     def mean(self) -> float:
-        return statistics.fmean(self.values)
+        return self.aggregate.mean
+
+    @property
+    def ci(self) -> tuple[float, float] | None:
+        return self.aggregate.ci
+
+    @property
+    def holds(self) -> bool:
+        return self.aggregate.holds
 
 
 @dataclass
@@ -67,19 +82,6 @@ class Report:
 def parse_baseline(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     return (key.strip(), value.strip()) if sep else ("fusion", text.strip())
-
-
-def group_rows(runs: list[Run], metric: str) -> list[Row]:
-    keys = grouping_keys(runs)
-    rows: dict[tuple, Row] = {}
-    for r in runs:
-        if not has_metric(r, metric):
-            continue
-        values = tuple(r.value(k) for k in keys)
-        row = rows.setdefault(values, Row({k: "" if v is None else str(v) for k, v in zip(keys, values)}, [], []))
-        row.values.append(r.metrics[metric])
-        row.runs.append(r)
-    return list(rows.values())
 
 
 def _partner(row: Row, rows: list[Row], baseline: tuple[str, str]) -> Row | None:
@@ -131,16 +133,18 @@ def _paired(row: Row, base: Row, metric: str, confidence: float, resamples: int,
 
 
 def significance(runs: list[Run], metric: str, confidence: float = 0.95, test: str | None = None,
-                 baseline: str | None = None, resamples: int = 10_000, seed: int = 0) -> Report:
-    """Intervals and tests for the rows of ``runs`` (see the module docstring)."""
+                 baseline: str | None = None, resamples: int = 10_000, seed: int = 0,
+                 aggregated: list[Aggregate] | None = None) -> Report:
+    """Intervals and tests for the rows of ``runs`` (see the module docstring); ``aggregated`` (the
+    ``table.aggregate`` of ``runs``, when the caller has it) get their ``ci`` and ``holds`` set."""
     if test is not None and test not in TESTS:
         raise MMFuseError(f"--test {test}: expected one of {TESTS}")
     if test is not None and not baseline:
         raise MMFuseError(f"--test {test} tests each row against a baseline row: add --baseline <fusion> "
                           "(or --baseline key=value)")
-    rows = group_rows(runs, metric)
+    rows = [Row(a) for a in (aggregated if aggregated is not None else aggregate(runs, metric))]
     for row in rows:
-        row.ci = t_interval(row.values, confidence)
+        row.aggregate.ci = t_interval(row.values, confidence)
     parsed = parse_baseline(baseline) if baseline else None
     if parsed is not None and test is not None:
         key, value = parsed
@@ -169,7 +173,7 @@ def significance(runs: list[Run], metric: str, confidence: float = 0.95, test: s
                 tested.append(row)
         for row, adjusted in zip(tested, holm([r.p for r in tested])):
             row.p_holm = adjusted
-            row.holds = adjusted < 1.0 - confidence
+            row.aggregate.holds = adjusted < 1.0 - confidence
     report = Report(rows, metric, confidence, test, parsed)
     report.markdown = markdown(report)
     return report

@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -96,19 +96,29 @@ class Aggregate:
     mean: float
     std: float | None  # sample standard deviation (n - 1), None for one run
     n: int
+    runs: list[Run] = field(default_factory=list)  # the runs averaged, in collection order
+    ci: tuple[float, float] | None = None  # set by --ci (``significance``): the plot's error bar
+    holds: bool = False  # set by --test: the difference from the baseline holds (a ``*`` on the plot)
+    metric: str = ""
+
+    @property
+    def values(self) -> list[float]:
+        return [r.metrics[self.metric] for r in self.runs]
 
 
 def aggregate(runs: list[Run], metric: str) -> list[Aggregate]:
     """Mean / std / count of ``metric`` over runs that differ only in ``seed`` (and the keys tuned per arm;
     completed runs only)."""
     keys = grouping_keys(runs)
-    groups: dict[tuple, list[float]] = {}
+    groups: dict[tuple, list[Run]] = {}
     for r in runs:
         if has_metric(r, metric):
-            groups.setdefault(tuple(r.value(k) for k in keys), []).append(r.metrics[metric])
+            groups.setdefault(tuple(r.value(k) for k in keys), []).append(r)
     out = []
-    for values_key, values in groups.items():
+    for values_key, members in groups.items():
+        values = [r.metrics[metric] for r in members]
         out.append(Aggregate(group=dict(zip(keys, ("" if v is None else str(v) for v in values_key))),
                              mean=statistics.fmean(values),
-                             std=statistics.stdev(values) if len(values) > 1 else None, n=len(values)))
+                             std=statistics.stdev(values) if len(values) > 1 else None, n=len(values),
+                             runs=members, metric=metric))
     return out
